@@ -1,0 +1,103 @@
+"""The project's plain RGB-D database folder: read and write.
+
+Layout::
+
+    DB/images/<name>          colour image (any format OpenCV reads); <name> may contain '/'
+    DB/depth/<stem>.png       uint16 z-depth; metres = value / depth_scale; 0 = missing
+    DB/depth_scale.txt        one number (e.g. 1000 or 5000)
+    DB/poses.txt              poses file (name qw qx qy qz tx ty tz), WORLD-TO-CAMERA
+    DB/cameras.txt            query-list format (name MODEL W H params...), one line per image
+
+``<stem>`` is ``<name>`` without its extension (sub-folders kept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from datasets.records import DbImage
+from localize.formats import atomic_write, read_poses, read_query_list, write_poses, write_query_list
+from localize.geometry import Camera, Pose, depth_to_world
+
+
+def depth_path(root: Path, name: str) -> Path:
+    """Path of the depth PNG of image ``name``."""
+    return root / "depth" / (str(Path(name).with_suffix("")) + ".png")
+
+
+def read_depth_png(path: str | Path, depth_scale: float) -> np.ndarray:
+    """uint16 PNG -> float64 depth in metres, NaN where 0/missing; IOError naming the file if unreadable."""
+    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if d is None:
+        raise IOError(f"cannot read depth map {path}")
+    if d.ndim != 2:
+        raise IOError(f"depth map {path} has {d.shape[2]} channels, expected one uint16 channel")
+    d = d.astype(np.float64) / depth_scale
+    d[d <= 0] = np.nan
+    return d
+
+
+def write_depth_png(path: str | Path, depth_m: np.ndarray, depth_scale: float) -> None:
+    """Depth in metres (NaN/<=0 = missing) -> uint16 PNG, written atomically."""
+    d = np.where(np.isfinite(depth_m) & (depth_m > 0), depth_m * depth_scale, 0)
+    d = np.clip(np.round(d), 0, 65535).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", d)
+    if not ok:
+        raise IOError(f"cannot encode depth for {path}")
+    with atomic_write(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
+def write_image(path: str | Path, rgb: np.ndarray, quality: int = 95) -> None:
+    """Write an H x W x 3 uint8 RGB image atomically (format from the extension)."""
+    path = Path(path)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise IOError(f"cannot encode image {path}")
+    with atomic_write(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
+def read_rgbd_folder(root: str | Path) -> list[DbImage]:
+    """Read a plain RGB-D database folder -> list of DbImage records (sorted by name)."""
+    root = Path(root)
+    for req in ("poses.txt", "cameras.txt", "depth_scale.txt"):
+        if not (root / req).exists():
+            raise FileNotFoundError(f"{root} is not a plain RGB-D database folder: {req} missing")
+    scale = float((root / "depth_scale.txt").read_text().split()[0])
+    poses = read_poses(root / "poses.txt")
+    cams = read_query_list(root / "cameras.txt")
+    out = []
+    for name in sorted(poses):
+        if name not in cams:
+            raise ValueError(f"{root}/cameras.txt has no line for image {name}")
+        cam, pose = cams[name], poses[name].pose
+        dpath = depth_path(root, name)
+
+        def loader(dpath: Path = dpath, cam: Camera = cam, pose: Pose = pose) -> np.ndarray:
+            if not dpath.exists():
+                raise FileNotFoundError(f"depth map missing: {dpath}")
+            return depth_to_world(read_depth_png(dpath, scale), cam, pose)
+
+        out.append(DbImage(name, root / "images" / name, cam, pose, loader))
+    return out
+
+
+def write_rgbd_folder(root: str | Path, items: Iterable[tuple[str, np.ndarray, np.ndarray, Camera, Pose]],
+                      depth_scale: float = 1000.0) -> None:
+    """Write (name, rgb uint8 HxWx3, depth metres HxW, camera, world-to-camera pose) items as a folder."""
+    root = Path(root)
+    poses, cams = {}, {}
+    for name, rgb, depth, cam, pose in items:
+        write_image(root / "images" / name, rgb)
+        write_depth_png(depth_path(root, name), depth, depth_scale)
+        poses[name], cams[name] = pose, cam
+    with atomic_write(root / "depth_scale.txt") as f:
+        f.write(f"{depth_scale:g}\n")
+    write_poses(root / "poses.txt", poses)
+    write_query_list(root / "cameras.txt", cams)

@@ -1,0 +1,115 @@
+"""Text file formats: poses file, query list with intrinsics, retrieval pairs; atomic writes.
+
+* Poses file (visuallocalization.net): ``name qw qx qy qz tx ty tz [top1_db_name]`` per line,
+  WORLD-TO-CAMERA, quaternion (w, x, y, z). Queries without a pose are omitted.
+* Query list (hloc): ``name MODEL WIDTH HEIGHT params...`` per line (COLMAP camera models).
+* Pairs: ``query_name db_name [score]`` per line, best first per query.
+Lines starting with ``#`` and blank lines are ignored everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from localize.geometry import Camera, Pose
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator:
+    """Open a temporary file next to ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _lines(path: str | Path) -> Iterator[list[str]]:
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line.split()
+
+
+@dataclass(frozen=True)
+class PoseEntry:
+    """One line of a poses file: WORLD-TO-CAMERA pose and optional top-1 database image."""
+
+    pose: Pose
+    top1: str | None = None
+
+
+def read_poses(path: str | Path) -> dict[str, PoseEntry]:
+    """Read a poses file -> {query name: PoseEntry} (world-to-camera)."""
+    out: dict[str, PoseEntry] = {}
+    for i, tok in enumerate(_lines(path)):
+        if len(tok) not in (8, 9):
+            raise ValueError(f"{path}: line {i + 1}: expected 'name qw qx qy qz tx ty tz [top1]', got {len(tok)} fields")
+        q = [float(v) for v in tok[1:5]]
+        t = [float(v) for v in tok[5:8]]
+        out[tok[0]] = PoseEntry(Pose.from_qvec_tvec(q, t), tok[8] if len(tok) == 9 else None)
+    return out
+
+
+def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry]) -> None:
+    """Write a poses file atomically (sorted by name); entries with a top-1 get a 9th column."""
+    with atomic_write(path) as f:
+        for name in sorted(poses):
+            e = poses[name]
+            entry = e if isinstance(e, PoseEntry) else PoseEntry(e)
+            if not entry.pose.is_finite():
+                continue
+            q, t = entry.pose.qvec, entry.pose.t
+            fields = [name] + [f"{v:.10g}" for v in (*q, *t)]
+            if entry.top1:
+                fields.append(entry.top1)
+            f.write(" ".join(fields) + "\n")
+
+
+def read_query_list(path: str | Path) -> dict[str, Camera]:
+    """Read 'name MODEL W H params...' lines -> {name: Camera}."""
+    out: dict[str, Camera] = {}
+    for i, tok in enumerate(_lines(path)):
+        try:
+            out[tok[0]] = Camera.from_tokens(tok[1:])
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"{path}: line {i + 1}: bad camera line: {e}") from e
+    return out
+
+
+def write_query_list(path: str | Path, cameras: Mapping[str, Camera]) -> None:
+    """Write 'name MODEL W H params...' lines atomically, sorted by name."""
+    with atomic_write(path) as f:
+        for name in sorted(cameras):
+            f.write(f"{name} {cameras[name].to_line()}\n")
+
+
+def read_pairs(path: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """Read retrieval pairs 'query db [score]' -> {query: [(db, score), ...]} in file order."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for tok in _lines(path):
+        score = float(tok[2]) if len(tok) > 2 else float("nan")
+        out.setdefault(tok[0], []).append((tok[1], score))
+    return out
+
+
+def write_pairs(path: str | Path, pairs: Mapping[str, Iterable[tuple[str, float]]]) -> None:
+    """Write 'query db score' lines atomically, in the given order per query."""
+    with atomic_write(path) as f:
+        for q, lst in pairs.items():
+            for db, s in lst:
+                f.write(f"{q} {db} {s:.6f}\n")

@@ -1,0 +1,1 @@
+"""NCNet dense matching: features, 4D correlation, neighbourhood consensus, match extraction."""

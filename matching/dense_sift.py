@@ -1,0 +1,121 @@
+"""Dense upright RootSIFT descriptors on a regular grid (weight-free features), in PyTorch.
+
+Layout: input grey images [B, 1, H, W] in 0..1; output [B, 128, H // step, W // step], each
+descriptor L2-normalised (RootSIFT: SIFT clipped at 0.2, L1-normalised, square-rooted).
+Descriptor (i, j) is centred at pixel (j * step + step / 2, i * step + step / 2) in the COLMAP
+convention (top-left pixel centre = (0.5, 0.5)); it covers 4 x 4 spatial cells of ``bin_size``
+pixels with 8 orientation bins, bilinear (triangular) spatial and orientation weighting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NUM_ORIENTATIONS = 8
+NUM_CELLS = 4
+DESCRIPTOR_DIM = NUM_ORIENTATIONS * NUM_CELLS * NUM_CELLS
+
+
+def grid_centers(height: int, width: int, step: int) -> np.ndarray:
+    """Pixel centres (x, y), COLMAP convention, of the descriptor grid: array [h, w, 2]."""
+    h, w = height // step, width // step
+    xs = np.arange(w) * step + step / 2.0
+    ys = np.arange(h) * step + step / 2.0
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([gx, gy], axis=-1)
+
+
+def _triangle_kernel(bin_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """1D triangular window of half-width ``bin_size`` (odd length 2*bin_size - 1), sums to bin_size."""
+    r = torch.arange(-(bin_size - 1), bin_size, device=device, dtype=dtype)
+    return 1.0 - r.abs() / bin_size
+
+
+def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+    """Gradient magnitude split into 8 orientation channels with linear angular weights: [B, 8, H, W]."""
+    if sigma > 0:
+        rad = max(1, int(math.ceil(3 * sigma)))
+        x = torch.arange(-rad, rad + 1, device=gray.device, dtype=gray.dtype)
+        g = torch.exp(-0.5 * (x / sigma) ** 2)
+        g = g / g.sum()
+        gray = F.conv2d(F.pad(gray, (rad, rad, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+        gray = F.conv2d(F.pad(gray, (0, 0, rad, rad), mode="replicate"), g.view(1, 1, -1, 1))
+    padded = F.pad(gray, (1, 1, 1, 1), mode="replicate")
+    gx = 0.5 * (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2])
+    gy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
+    mag = torch.sqrt(gx * gx + gy * gy)
+    ang = torch.atan2(gy, gx) % (2 * math.pi)  # 0..2pi
+    pos = ang / (2 * math.pi / NUM_ORIENTATIONS)  # 0..8
+    b0 = torch.floor(pos)
+    frac = pos - b0
+    b0 = b0.long() % NUM_ORIENTATIONS
+    b1 = (b0 + 1) % NUM_ORIENTATIONS
+    out = torch.zeros(gray.shape[0], NUM_ORIENTATIONS, *gray.shape[-2:], device=gray.device, dtype=gray.dtype)
+    out.scatter_add_(1, b0, mag * (1 - frac))
+    out.scatter_add_(1, b1, mag * frac)
+    return out
+
+
+def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: float = 0.0,
+                   contrast_eps: float = 1e-3) -> torch.Tensor:
+    """Dense RootSIFT of grey images [B, 1, H, W] (0..1) -> L2-normalised [B, 128, H//step, W//step].
+
+    ``contrast_eps`` is added to the L2 norm before normalisation so that flat regions give
+    near-zero (not noise-amplified) descriptors; those are then still unit-norm after RootSIFT
+    only where there is gradient energy.
+    """
+    if gray.dim() != 4 or gray.shape[1] != 1:
+        raise ValueError(f"expected grey images [B,1,H,W], got {tuple(gray.shape)}")
+    B, _, H, W = gray.shape
+    h, w = H // step, W // step
+    if h == 0 or w == 0:
+        raise ValueError(f"image {W}x{H} smaller than one descriptor step {step}")
+    gray = gray.float()
+    omaps = orientation_maps(gray, sigma)
+    # bilinear spatial binning = separable triangular filter, then sampling at cell centres
+    k = _triangle_kernel(bin_size, gray.device, gray.dtype)
+    pad = bin_size - 1
+    C = NUM_ORIENTATIONS
+    filt = F.conv2d(F.pad(omaps.reshape(B * C, 1, H, W), (pad, pad, 0, 0)), k.view(1, 1, 1, -1))
+    filt = F.conv2d(F.pad(filt, (0, 0, pad, pad)), k.view(1, 1, -1, 1)).reshape(B, C, H, W)
+    # descriptor centres in array coordinates (pixel centre convention: x_arr = x_pix - 0.5)
+    cx = torch.arange(w, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
+    cy = torch.arange(h, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
+    offsets = (torch.arange(NUM_CELLS, device=gray.device, dtype=gray.dtype) - (NUM_CELLS - 1) / 2.0) * bin_size
+    parts = []
+    for oy in offsets:
+        for ox in offsets:
+            xs = cx + ox
+            ys = cy + oy
+            # normalised coordinates for grid_sample with align_corners=True: -1 <-> 0, +1 <-> W-1
+            gx = 2 * xs / max(W - 1, 1) - 1
+            gy = 2 * ys / max(H - 1, 1) - 1
+            grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+            grid = grid.unsqueeze(0).expand(B, h, w, 2)
+            parts.append(F.grid_sample(filt, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
+    desc = torch.stack(parts, dim=1).reshape(B, NUM_CELLS * NUM_CELLS * C, h, w)  # cell-major, orientation-minor
+    # SIFT normalisation, clipping, then RootSIFT
+    desc = desc / (desc.norm(dim=1, keepdim=True) + contrast_eps)
+    desc = desc.clamp(max=0.2)
+    desc = desc / (desc.sum(dim=1, keepdim=True) + 1e-12)
+    desc = desc.clamp(min=0).sqrt()
+    return desc / (desc.norm(dim=1, keepdim=True) + 1e-12)
+
+
+def dense_rootsift_image(image: np.ndarray, bin_size: int = 8, step: int = 8, sigma: float = 0.0,
+                         device: str | torch.device = "cpu") -> np.ndarray:
+    """Convenience: H x W (grey) or H x W x 3 (RGB) uint8/float image -> [h, w, 128] float32 descriptors."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    img = img.astype(np.float32)
+    if img.max() > 1.5:
+        img = img / 255.0
+    t = torch.from_numpy(img)[None, None].to(device)
+    with torch.no_grad():
+        d = dense_rootsift(t, bin_size=bin_size, step=step, sigma=sigma)
+    return d[0].permute(1, 2, 0).cpu().numpy()

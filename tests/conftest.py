@@ -1,0 +1,33 @@
+"""Shared test fixtures: location of the read-only shared data, small-thread torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not available: {p}")
+    return p
+
+
+@pytest.fixture
+def tum_root() -> Path:
+    """../shared/data/tum_fr1_xyz (skips when absent)."""
+    return shared_path("tum_fr1_xyz")
+
+
+@pytest.fixture
+def inloc_shared() -> Path:
+    """../shared/data/inloc (skips when absent)."""
+    return shared_path("inloc")
