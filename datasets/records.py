@@ -22,9 +22,10 @@ def lift_pixels(xyz: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray
     uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
     out = np.full((len(uv), 3), np.nan)
     # continuous array coordinates: pixel centre (j + 0.5, i + 0.5) -> (j, i)
-    x = uv[:, 0] - 0.5
-    y = uv[:, 1] - 0.5
-    inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < W - 0.5) & (y > -0.5) & (y < H - 0.5)
+    finite = np.isfinite(uv).all(1)
+    x = np.where(finite, uv[:, 0], 0.0) - 0.5
+    y = np.where(finite, uv[:, 1], 0.0) - 0.5
+    inside = finite & (x > -0.5) & (x < W - 0.5) & (y > -0.5) & (y < H - 0.5)
     x0 = np.clip(np.floor(x), 0, W - 1).astype(np.int64)
     y0 = np.clip(np.floor(y), 0, H - 1).astype(np.int64)
     x1 = np.clip(x0 + 1, 0, W - 1)

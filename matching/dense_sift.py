@@ -35,6 +35,18 @@ def _triangle_kernel(bin_size: int, device: torch.device, dtype: torch.dtype) ->
     return 1.0 - r.abs() / bin_size
 
 
+def triangle_filter(x: torch.Tensor, bin_size: int) -> torch.Tensor:
+    """Separable triangular filter (weights 1 - |r|/bin_size, |r| < bin_size) of [B, C, H, W], zero padded.
+
+    Computed as two box filters of width ``bin_size`` over the zero-padded input (the first covers
+    [i - b + 1, i], the second shifts back by b - 1), exact and much faster than a 1-channel conv.
+    """
+    b = bin_size
+    y = F.pad(x, (b - 1, b - 1, b - 1, b - 1))
+    y = F.avg_pool2d(F.avg_pool2d(y, (b, b), stride=1), (b, b), stride=1)
+    return y * (b * b)
+
+
 def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
     """Gradient magnitude split into 8 orientation channels with linear angular weights: [B, 8, H, W]."""
     if sigma > 0:
@@ -76,12 +88,9 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
         raise ValueError(f"image {W}x{H} smaller than one descriptor step {step}")
     gray = gray.float()
     omaps = orientation_maps(gray, sigma)
-    # bilinear spatial binning = separable triangular filter, then sampling at cell centres
-    k = _triangle_kernel(bin_size, gray.device, gray.dtype)
-    pad = bin_size - 1
+    # bilinear spatial binning = separable triangular filter (two box filters), then sampling at cell centres
+    filt = triangle_filter(omaps, bin_size)
     C = NUM_ORIENTATIONS
-    filt = F.conv2d(F.pad(omaps.reshape(B * C, 1, H, W), (pad, pad, 0, 0)), k.view(1, 1, 1, -1))
-    filt = F.conv2d(F.pad(filt, (0, 0, pad, pad)), k.view(1, 1, -1, 1)).reshape(B, C, H, W)
     # descriptor centres in array coordinates (pixel centre convention: x_arr = x_pix - 0.5)
     cx = torch.arange(w, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
     cy = torch.arange(h, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
