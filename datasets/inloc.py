@@ -115,11 +115,18 @@ def write_inloc_cutout(root: str | Path, floor: str, scan: str, name: str, rgb: 
     """Write one cutout: <name> jpg and <name>.mat with XYZcut (scan frame) and RGBcut."""
     from datasets.rgbd_folder import write_image
 
+    import io
+
     path = Path(root) / "cutouts" / floor / scan / name
     write_image(path, rgb)
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"XYZcut": np.asarray(xyz_scan, dtype=np.float64), "RGBcut": np.asarray(rgb, np.uint8)},
+                     do_compression=True)
+    data = bytearray(buf.getvalue())
+    # the MAT-5 text header holds a creation time: replace it so equal inputs give identical files
+    data[:116] = b"MATLAB 5.0 MAT-file, written by datasets.inloc".ljust(116, b" ")
     with atomic_write(path.with_name(path.name + ".mat"), "wb") as f:
-        scipy.io.savemat(f, {"XYZcut": np.asarray(xyz_scan, dtype=np.float64), "RGBcut": np.asarray(rgb, np.uint8)},
-                         do_compression=True)
+        f.write(bytes(data))
     return path
 
 
