@@ -1,0 +1,485 @@
+"""End-to-end localization: retrieval -> NCNet matching -> PnP candidates -> DensePV, with a cache.
+
+``python -m localize.run --query-dir DIR --db DB [--db-format rgbd|tum|inloc] ...`` or
+``python -m localize.run --demo``. Each stage's results go to ``<export-dir>/<stage>-<hash>.h5``
+(``localize.cache``): a rerun with the same configuration recomputes nothing, a changed stage
+configuration recomputes that stage and the ones after it. Writes ``poses.txt`` (world-to-camera,
+with the top-1 database image as 9th column) and ``log.jsonl`` (one JSON object per query).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from datasets.records import DbImage, load_rgb
+from localize.cache import StageCache
+from localize.formats import PoseEntry, atomic_write, write_poses
+from localize.geometry import Pose
+from localize.queries import DB_FORMATS, Query, list_queries, load_database
+
+logger = logging.getLogger("localize.run")
+
+# ----------------------------------------------------------------------------- presets
+CONFS: dict[str, dict[str, Any]] = {
+    # built-in weights, CPU-friendly sizes
+    "default": {
+        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 10},
+        "matching": {"features": "dense-rootsift", "image_size": 320, "relocalize": False, "refine": True,
+                     "weights": None, "max_matches": 2000, "num_pairs": 10},
+        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0,
+                 "pnp": {"backend": "pycolmap", "max_error": 4.0, "seed": 0}},
+        "densepv": {"enabled": True, "target_size": 320, "whole_scan": False},
+    },
+    # smaller images, fewer pairs, no DensePV
+    "fast": {
+        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 5},
+        "matching": {"features": "dense-rootsift", "image_size": 240, "relocalize": False, "refine": True,
+                     "weights": None, "max_matches": 1500, "num_pairs": 5},
+        "pose": {"top_n": 5, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0,
+                 "pnp": {"backend": "pycolmap", "max_error": 4.0, "seed": 0}},
+        "densepv": {"enabled": False, "target_size": 320, "whole_scan": False},
+    },
+    # the paper's configuration: official NCNet IVD weights, 3200 px with relocalization,
+    # NetVLAD Pitts30K top-100 -> top-10 after re-ranking, DensePV at 1/8 of the query size
+    "inloc-ncnet": {
+        "retrieval": {"method": "netvlad-pitts30k", "top_k": 100},
+        "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
+                     "weights": "REQUIRED: --ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000,
+                     "num_pairs": 10},
+        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0,
+                 "pnp": {"backend": "pycolmap", "max_error": 48.0, "seed": 0}},
+        "densepv": {"enabled": True, "scale": 0.125, "whole_scan": False},
+    },
+}
+
+
+def resolve_conf(name: str, top_k: int | None = None, ncnet_weights: str | None = None,
+                 netvlad_weights: str | None = None) -> dict[str, Any]:
+    """A preset with command-line overrides applied (deep copy)."""
+    if name not in CONFS:
+        raise ValueError(f"unknown --conf {name!r}; presets: {sorted(CONFS)}")
+    conf = copy.deepcopy(CONFS[name])
+    if top_k is not None:
+        conf["retrieval"]["top_k"] = top_k
+    if ncnet_weights:
+        conf["matching"]["weights"] = str(ncnet_weights)
+    if netvlad_weights:
+        conf["retrieval"]["weights"] = str(netvlad_weights)
+    w = conf["matching"].get("weights")
+    if isinstance(w, str) and w.startswith("REQUIRED"):
+        raise ValueError(f"--conf {name} needs {w.split(': ', 1)[1]}")
+    return conf
+
+
+def file_fingerprint(path: str | Path | None) -> str | None:
+    """SHA-1 of a weight file's content (so a changed file invalidates the cache), None for no file."""
+    if not path:
+        return None
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- per-query record
+@dataclass
+class QueryLog:
+    """Everything the run learned about one query (written to log.jsonl)."""
+
+    name: str
+    shortlist: list[tuple[str, float]] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)
+    chosen_db: str | None = None
+    pose: Pose | None = None
+    errors: list[str] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+
+    def fail(self, stage: str, msg: str) -> None:
+        """Record a failure of this query at ``stage`` (logged as a warning naming the query)."""
+        self.errors.append(f"{stage}: {msg}")
+        logger.warning("query %s: %s: %s", self.name, stage, msg)
+
+    def to_json(self) -> dict:
+        """JSON object of log.jsonl."""
+        d: dict[str, Any] = {"query": self.name, "status": "ok" if self.pose is not None else "failed",
+                             "shortlist": [[n, round(float(s), 6)] for n, s in self.shortlist],
+                             "candidates": self.candidates, "chosen_db": self.chosen_db, "errors": self.errors,
+                             "time_s": {k: round(v, 4) for k, v in self.times.items()}}
+        if self.pose is not None:
+            d["qvec"] = [float(v) for v in self.pose.qvec]
+            d["tvec"] = [float(v) for v in self.pose.t]
+        return d
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_retrieval(conf: dict, database: dict[str, DbImage], queries: list[Query], export_dir: Path,
+                    dataset_id: dict, device: str, logs: dict[str, QueryLog]) -> tuple[StageCache, dict]:
+    """Shortlist database images per query (cached per query); returns (cache, {query: [(db, score)]})."""
+    from retrieval import shortlist
+
+    wconf = {**conf, "weights_sha1": file_fingerprint(conf.get("weights"))}
+    cache = StageCache(export_dir, "shortlist", {**wconf, "dataset": dataset_id})
+    todo = [q for q in queries if not cache.has(q.name)]
+    if todo:
+        t0 = time.time()
+        results = shortlist.main(conf["method"], list(database.values()), [(q.name, q.path) for q in todo],
+                                 export_dir, int(conf["top_k"]), weights=conf.get("weights"), device=device)
+        dt = (time.time() - t0) / max(len(todo), 1)
+        for q in todo:
+            if q.name not in results:
+                logs[q.name].fail("retrieval", f"cannot read or describe query image {q.path}")
+                continue
+            lst = results[q.name]
+            cache.put(q.name, {"db_names": json.dumps([n for n, _ in lst]),
+                               "scores": np.array([s for _, s in lst], dtype=np.float64), "time_s": np.float64(dt)})
+        cache.finalize()
+    out = {}
+    for q in queries:
+        if cache.has(q.name):
+            e = cache.get(q.name)
+            out[q.name] = list(zip(json.loads(e["db_names"]), e["scores"].tolist()))
+            logs[q.name].shortlist = out[q.name]
+            logs[q.name].times["retrieval"] = float(e["time_s"])
+    return cache, out
+
+
+def stage_matching(conf: dict, database: dict[str, DbImage], queries: list[Query], shortlists: dict,
+                   top_k: int, export_dir: Path, dataset_id: dict, device: str,
+                   logs: dict[str, QueryLog]) -> StageCache:
+    """NCNet matches between each query and its shortlisted database images, cached per pair."""
+    wconf = {**conf, "weights_sha1": file_fingerprint(conf.get("weights"))}
+    cache = StageCache(export_dir, "matches", {**wconf, "dataset": dataset_id})
+    matcher = None
+    pairs = [(q, db) for q in queries if q.name in shortlists for db, _ in shortlists[q.name][:top_k]]
+    todo = [(q, db) for q, db in pairs if not cache.has(f"{q.name}/{db}")]
+    current_query, query_img = None, None
+    for q, db in tqdm(todo, desc="matching", unit="pair", disable=not todo):
+        key = f"{q.name}/{db}"
+        if q.name != current_query:
+            current_query, query_img = q.name, None
+            try:
+                query_img = load_rgb(q.path)
+            except IOError as e:
+                logs[q.name].fail("matching", str(e))
+        if query_img is None:
+            continue
+        try:
+            db_img = load_rgb(database[db].image_path)
+        except (IOError, KeyError) as e:
+            logs[q.name].fail("matching", f"database image {db}: {e}")
+            continue
+        if matcher is None:
+            matcher = build_matcher(conf, device)
+        t0 = time.time()
+        m = matcher(query_img, db_img)
+        cache.put(key, {"keypoints0": m["keypoints0"].astype(np.float32), "keypoints1": m["keypoints1"].astype(np.float32),
+                        "scores": m["scores"].astype(np.float32), "time_s": np.float64(time.time() - t0)})
+    cache.finalize()
+    return cache
+
+
+def build_matcher(conf: dict, device: str = "cpu"):
+    """Function (query RGB, db RGB) -> matches dict, from the matching configuration."""
+    import torch
+
+    from matching.match import match_images
+    from matching.model import build_ncnet
+
+    model = build_ncnet(conf.get("weights"), features=conf.get("features"),
+                        relocalization_k=2 if conf.get("relocalize") else 1, device=device,
+                        half=bool(conf.get("half", False)))
+
+    def run(img_q: np.ndarray, img_db: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            return match_images(model, img_q, img_db, image_size=int(conf["image_size"]), refine=bool(conf["refine"]),
+                                max_matches=conf.get("max_matches"))
+
+    return run
+
+
+def _load_pair_matches(cache: StageCache, q: Query, names: Sequence[str]):
+    from pose.candidates import PairMatches
+
+    out, total_t = [], 0.0
+    for db in names:
+        key = f"{q.name}/{db}"
+        if cache.has(key):
+            e = cache.get(key)
+            total_t += float(e["time_s"])
+            out.append(PairMatches(db, e["keypoints0"], e["keypoints1"], e["scores"]))
+    return out, total_t
+
+
+def _pose_conf(conf: dict):
+    from pose.candidates import CandidatesConfig
+    from pose.pnp import PnPConfig
+
+    c = dict(conf)
+    pnp = PnPConfig(**c.pop("pnp", {}))
+    return CandidatesConfig(pnp=pnp, **c)
+
+
+def stage_pose(conf: dict, database: dict[str, DbImage], queries: list[Query], shortlists: dict, top_k: int,
+               mcache: StageCache, scache: StageCache, export_dir: Path, logs: dict[str, QueryLog]) -> StageCache:
+    """PnP-RANSAC candidates per query (one per re-ranked shortlisted image), cached per query."""
+    from pose.candidates import estimate_candidates
+
+    cache = StageCache(export_dir, "pose", {**conf, "top_k": top_k}, depends=[mcache, scache])
+    cconf = _pose_conf(conf)
+    todo = [q for q in queries if q.name in shortlists and not cache.has(q.name)]
+    for q in tqdm(todo, desc="pose", unit="query", disable=not todo):
+        names = [n for n, _ in shortlists[q.name][:top_k]]
+        pms, _ = _load_pair_matches(mcache, q, names)
+        if len(pms) < len(names):
+            continue  # matching failed for this query: already logged
+        t0 = time.time()
+        cands = estimate_candidates(q.camera, pms, database, cconf)
+        rec: dict[str, Any] = {"num": np.int64(len(cands)), "time_s": np.float64(time.time() - t0)}
+        for i, c in enumerate(cands):
+            r = c.result
+            rec[f"c{i:03d}"] = {
+                "info": json.dumps({"db": c.db_name, "db_names": c.db_names, "matches": c.num_matches,
+                                    "lifted": c.num_lifted, "inliers": c.num_inliers, "success": c.success,
+                                    "reason": r.reason}),
+                "P": r.pose.matrix if r.success else np.full((4, 4), np.nan),
+                "inlier_points2d": (c.points2d[r.inlier_mask] if r.success and c.points2d is not None
+                                    and len(r.inlier_mask) == len(c.points2d) else np.zeros((0, 2))),
+            }
+        cache.put(q.name, rec)
+    cache.finalize()
+    return cache
+
+
+def load_candidates(cache: StageCache, name: str) -> tuple[list, float]:
+    """Candidates of one query from the pose cache -> (list of pose.candidates.Candidate, seconds)."""
+    from pose.candidates import Candidate
+    from pose.pnp import PoseResult
+
+    e = cache.get(name)
+    out = []
+    for i in range(int(e["num"])):
+        c = e[f"c{i:03d}"]
+        info = json.loads(c["info"])
+        ok = bool(info["success"])
+        res = PoseResult(ok, info["reason"], Pose.from_matrix(c["P"]) if ok else None,
+                         num_points=info["lifted"], num_inliers=info["inliers"])
+        cand = Candidate(info["db"], res, info["matches"], info["lifted"], info["db_names"])
+        cand.points2d = c["inlier_points2d"]
+        out.append(cand)
+    return out, float(e["time_s"])
+
+
+def stage_densepv(conf: dict, database: dict[str, DbImage], queries: list[Query], pcache: StageCache,
+                  export_dir: Path, logs: dict[str, QueryLog], save_renders: Path | None = None) -> StageCache:
+    """DensePV scores of each query's successful candidates, cached per query."""
+    from pose.densepv import DensePVConfig, rerank_candidates
+
+    cache = StageCache(export_dir, "densepv", conf, depends=[pcache])
+    if not conf.get("enabled", True):
+        return cache
+    dconf = DensePVConfig(**{k: v for k, v in conf.items() if k not in ("enabled", "whole_scan")})
+    todo = [q for q in queries if pcache.has(q.name) and not cache.has(q.name)]
+    for q in tqdm(todo, desc="densepv", unit="query", disable=not todo):
+        cands, _ = load_candidates(pcache, q.name)
+        try:
+            qimg = load_rgb(q.path)
+        except IOError as e:
+            logs[q.name].fail("densepv", str(e))
+            continue
+        t0 = time.time()
+        ranked = rerank_candidates(qimg, q.camera, cands, database, dconf, save_dir=save_renders, query_name=q.name)
+        scores = {id(c): c.densepv_score for c in ranked}
+        cache.put(q.name, {"scores": np.array([np.nan if scores[id(c)] is None else scores[id(c)] for c in cands]),
+                           "time_s": np.float64(time.time() - t0)})
+    cache.finalize()
+    return cache
+
+
+def choose_poses(queries: list[Query], pcache: StageCache, dcache: StageCache, densepv: bool,
+                 logs: dict[str, QueryLog]) -> dict[str, PoseEntry]:
+    """Pick each query's pose: best DensePV score (or most inliers) among successful candidates."""
+    out = {}
+    for q in queries:
+        L = logs[q.name]
+        if not pcache.has(q.name):
+            continue
+        cands, t = load_candidates(pcache, q.name)
+        L.times["pose"] = t
+        scores = [None] * len(cands)
+        if densepv and dcache.has(q.name):
+            e = dcache.get(q.name)
+            scores = [None if not np.isfinite(s) else float(s) for s in e["scores"]]
+            L.times["densepv"] = float(e["time_s"])
+        for c, s in zip(cands, scores):
+            c.densepv_score = s
+        L.candidates = [{"db": c.db_name, "matches": c.num_matches, "lifted": c.num_lifted, "inliers": c.num_inliers,
+                         "success": c.success, "reason": c.result.reason, "densepv": c.densepv_score} for c in cands]
+        ok = [c for c in cands if c.success]
+        if not ok:
+            reasons = "; ".join(sorted({c.result.reason for c in cands})) or "no candidates"
+            L.fail("pose", f"no candidate pose ({reasons})")
+            continue
+        if densepv and any(c.densepv_score is not None for c in ok):
+            best = max(ok, key=lambda c: (c.densepv_score is not None, c.densepv_score or 0.0, c.num_inliers))
+        else:
+            best = max(ok, key=lambda c: c.num_inliers)
+        top1 = best.db_names[0] if best.db_name.startswith("<") and best.db_names else best.db_name
+        L.pose, L.chosen_db = best.result.pose, top1
+        out[q.name] = PoseEntry(best.result.pose, top1)
+    return out
+
+
+# ----------------------------------------------------------------------------- run
+@dataclass
+class RunSummary:
+    """Counts and output paths of a run."""
+
+    num_queries: int
+    num_localized: int
+    failures: dict[str, str]
+    poses_path: Path
+    log_path: Path
+
+
+def main(conf: dict, query_dir: str | Path, db: str | Path, export_dir: str | Path, db_format: str = "rgbd",
+         queries_list: str | Path | None = None, device: str = "cpu", plot: bool = False,
+         save_renders: bool = False) -> RunSummary:
+    """Run all stages for the queries of ``query_dir`` against ``db``; write poses.txt and log.jsonl."""
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    database = load_database(db, db_format)
+    queries = list_queries(query_dir, queries_list, db_format)
+    logger.info("%d database images, %d queries", len(database), len(queries))
+    logs = {q.name: QueryLog(q.name) for q in queries}
+    for q in queries:
+        if q.error:
+            logs[q.name].fail("input", q.error)
+    valid = [q for q in queries if not q.error]
+    dataset_id = {"db": str(Path(db).resolve()), "db_format": db_format, "queries": str(Path(query_dir).resolve())}
+    top_k = int(conf["retrieval"]["top_k"])
+    scache, shortlists = stage_retrieval(conf["retrieval"], database, valid, export_dir, dataset_id, device, logs)
+    mtop = min(top_k, int(conf["matching"]["num_pairs"]))  # shortlisted images matched per query
+    mcache = stage_matching(conf["matching"], database, valid, shortlists, mtop, export_dir, dataset_id, device, logs)
+    for q in valid:
+        if q.name in shortlists:
+            logs[q.name].times["matching"] = _load_pair_matches(mcache, q, [n for n, _ in shortlists[q.name][:mtop]])[1]
+    pcache = stage_pose(conf["pose"], database, valid, shortlists, mtop, mcache, scache, export_dir, logs)
+    use_pv = bool(conf["densepv"].get("enabled", True))
+    dcache = stage_densepv(conf["densepv"], database, valid, pcache, export_dir, logs,
+                           export_dir / "renders" if save_renders else None)
+    poses = choose_poses(valid, pcache, dcache, use_pv, logs)
+    poses_path, log_path = export_dir / "poses.txt", export_dir / "log.jsonl"
+    write_poses(poses_path, poses)
+    with atomic_write(log_path) as f:
+        for q in queries:
+            f.write(json.dumps(logs[q.name].to_json()) + "\n")
+    if plot:
+        from localize.visualize import plot_query_matches, write_cameras_ply
+
+        for q in tqdm(valid, desc="plots", unit="query"):
+            if q.name in poses:
+                try:
+                    plot_query_matches(export_dir / "plots" / (q.name.replace("/", "_") + ".png"), q, database,
+                                       mcache, logs[q.name])
+                except Exception as e:  # noqa: BLE001 - a plot never fails the run
+                    logger.warning("plot of %s failed: %s", q.name, e)
+        write_cameras_ply(export_dir / "scene.ply", database, {n: e.pose for n, e in poses.items()})
+    failures = {q.name: "; ".join(logs[q.name].errors) or "no pose" for q in queries if q.name not in poses}
+    summary = RunSummary(len(queries), len(poses), failures, poses_path, log_path)
+    print_summary(summary, logs, time.time() - t_start)
+    return summary
+
+
+def print_summary(s: RunSummary, logs: dict[str, QueryLog], seconds: float) -> None:
+    """Summary table: counts, mean time per stage, failed queries with reasons."""
+    stages = ["retrieval", "matching", "pose", "densepv"]
+    mean = {st: np.mean([L.times[st] for L in logs.values() if st in L.times] or [0.0]) for st in stages}
+    print(f"\nlocalized {s.num_localized}/{s.num_queries} queries in {seconds:.1f} s "
+          f"(mean s/query: " + ", ".join(f"{st} {mean[st]:.3f}" for st in stages) + ")")
+    if s.failures:
+        print(f"{len(s.failures)} failed:")
+        for n, why in sorted(s.failures.items()):
+            print(f"  {n}: {why}")
+    print(f"poses: {s.poses_path}\nlog:   {s.log_path}")
+
+
+# ----------------------------------------------------------------------------- demo
+def run_demo(out: Path, conf_name: str = "default", device: str = "cpu", size: str = "small",
+             plot: bool = False) -> float:
+    """Generate (once) the synthetic building, localize its queries, print the evaluation table."""
+    from datasets.synthetic import ensure_dataset
+    from localize.evaluate_inloc import main as evaluate
+
+    data = ensure_dataset(out / "data", seed=0, size=size)
+    conf = resolve_conf(conf_name)
+    print("configuration:", json.dumps(conf, indent=1))
+    s = main(conf, data / "queries" / "images", data / "db", out / "export", "rgbd",
+             data / "queries" / "queries_with_intrinsics.txt", device, plot)
+    res = evaluate(data / "queries" / "poses_gt.txt", s.poses_path, gt_format="poses",
+                   json_path=out / "export" / "evaluation.json", plot_path=out / "export" / "error_curves.png")
+    return res["all"].recall[0]
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (exit 0 when the run completed, 2 for unusable arguments/database)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="generate the synthetic 'small' building and localize it")
+    p.add_argument("--query-dir", help="folder of query images")
+    p.add_argument("--db", help="database (plain RGB-D folder, TUM sequence or InLoc database)")
+    p.add_argument("--db-format", choices=DB_FORMATS, default="rgbd")
+    p.add_argument("--queries-list", help="query list with intrinsics: 'name MODEL W H params...'")
+    p.add_argument("--export-dir", default=None, help="outputs and cache (default outputs/run or outputs/demo)")
+    p.add_argument("--conf", default="default", choices=sorted(CONFS))
+    p.add_argument("--top-k", type=int, default=None, help="shortlist size (overrides the preset)")
+    p.add_argument("--ncnet-weights", help="NCNet checkpoint (official .pth.tar layout)")
+    p.add_argument("--netvlad-weights", help="NetVLAD .mat (Pitts30K_struct.mat layout)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--plot", action="store_true", help="PNG per query and scene.ply with camera centres")
+    p.add_argument("--save-renders", action="store_true", help="keep DensePV renderings (export-dir/renders)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if a.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda requested but CUDA is not available")
+    if a.demo:
+        r = run_demo(Path(a.export_dir or "outputs/demo"), a.conf, a.device, plot=a.plot)
+        print(f"\ndemo: {r:.1f}% of queries within (0.25 m, 10 deg)")
+        return 0
+    if not a.query_dir or not a.db:
+        p.error("--query-dir and --db are required (or --demo)")
+    try:
+        conf = resolve_conf(a.conf, a.top_k, a.ncnet_weights, a.netvlad_weights)
+    except ValueError as e:
+        p.error(str(e))
+    print("configuration:", json.dumps(conf, indent=1))
+    try:
+        main(conf, a.query_dir, a.db, a.export_dir or "outputs/run", a.db_format, a.queries_list, a.device, a.plot,
+             a.save_renders)
+    except (FileNotFoundError, ValueError) as e:
+        if "database" in str(e) or "not a" in str(e) or str(a.db) in str(e):
+            print(f"error: unusable database {a.db}: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
