@@ -1,0 +1,193 @@
+"""Image retrieval shortlists: global descriptors of database and queries -> top-k pairs file.
+
+CLI::
+
+    python -m retrieval.shortlist --db DB [--db-format rgbd|tum|inloc] --queries DIR|LIST [--query-dir DIR]
+        [--top-k 40] --out pairs.txt [--export-dir DIR] [--conf NAME] [--netvlad-weights FILE]
+        [--index flat|ivf|ivfpq] [--nprobe 16] [--device cpu|cuda]
+
+writes ``query_name db_name score`` lines, best first per query (``localize.formats.write_pairs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from datasets.records import DbImage
+from localize.formats import read_query_list, write_pairs
+from retrieval.extract import CONFS, extract_global, load_extractor, resolve_conf
+from retrieval.index import build_index
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
+
+
+def read_db(path: str | Path, fmt: str = "auto") -> list[DbImage]:
+    """Database records of a plain RGB-D folder, a TUM sequence or an InLoc database ('auto' guesses)."""
+    path = Path(path)
+    if fmt == "auto":
+        if (path / "poses.txt").exists() and (path / "cameras.txt").exists():
+            fmt = "rgbd"
+        elif (path / "frames.txt").exists() or (path / "groundtruth.txt").exists():
+            fmt = "tum"
+        else:
+            fmt = "inloc"
+    if fmt == "rgbd":
+        from datasets.rgbd_folder import read_rgbd_folder
+
+        return read_rgbd_folder(path)
+    if fmt == "tum":
+        from datasets.tum import read_tum
+
+        return read_tum(path)
+    if fmt == "inloc":
+        from datasets.inloc import read_inloc_db
+
+        return read_inloc_db(path)
+    raise ValueError(f"unknown database format {fmt!r} (rgbd, tum, inloc)")
+
+
+def list_query_images(queries: str | Path | Sequence[tuple[str, Path]],
+                      query_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Queries as (name, path): a directory (recursive, names relative to it), a query list file, or pairs."""
+    if not isinstance(queries, (str, Path)):
+        return [(str(n), Path(p)) for n, p in queries]
+    q = Path(queries)
+    if q.is_dir():
+        files = sorted(p for p in q.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        return [(p.relative_to(q).as_posix(), p) for p in files]
+    if not q.exists():
+        raise FileNotFoundError(f"queries not found: {q}")
+    names = list(read_query_list(q)) if _looks_like_query_list(q) else \
+        [ln.split()[0] for ln in q.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    roots = [Path(query_dir)] if query_dir else [q.parent / "images", q.parent]
+    out = []
+    for n in names:
+        cand = [r / n for r in roots]
+        path = next((c for c in cand if c.exists()), cand[0])
+        out.append((n, path))
+    return out
+
+
+def _looks_like_query_list(path: Path) -> bool:
+    for ln in path.read_text().splitlines():
+        if ln.strip() and not ln.startswith("#"):
+            return len(ln.split()) >= 4
+    return False
+
+
+def db_items(db: Sequence[DbImage] | Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """(name, image path) of database records or pairs."""
+    return [(d.name, Path(d.image_path)) if isinstance(d, DbImage) else (str(d[0]), Path(d[1])) for d in db]
+
+
+def search_pairs(db_desc: np.ndarray, db_names: Sequence[str], q_desc: np.ndarray, q_names: Sequence[str],
+                 top_k: int, index: str = "flat", nprobe: int = 16) -> dict[str, list[tuple[str, float]]]:
+    """Top-k database names per query by inner product: {query: [(db name, score), ...]} best first."""
+    idx = build_index(db_desc, index, nprobe=nprobe) if index == "flat" or len(db_desc) >= 39 else \
+        build_index(db_desc, "flat")
+    scores, ids = idx.search(q_desc, top_k)
+    return {q: [(db_names[j], float(s)) for s, j in zip(scores[r], ids[r]) if j >= 0]
+            for r, q in enumerate(q_names)}
+
+
+def main(conf: str | Mapping[str, Any], db: str | Path | Sequence[DbImage] | Sequence[tuple[str, Path]],
+         queries: str | Path | Sequence[tuple[str, Path]], export_dir: str | Path | None, top_k: int = 40,
+         out: str | Path | None = None, db_format: str = "auto", weights: str | Path | None = None,
+         device: str = "cpu", index: str = "flat", nprobe: int = 16, query_dir: str | Path | None = None,
+         skip_unreadable: bool = True) -> dict[str, list[tuple[str, float]]]:
+    """Shortlist the top_k database images per query -> {query: [(db_name, score), ...]}; writes ``out`` if given.
+
+    Unreadable query images are skipped with a warning naming them (``skip_unreadable``);
+    unreadable database images raise.
+    """
+    conf = resolve_conf(conf, weights)
+    records = read_db(db, db_format) if isinstance(db, (str, Path)) else list(db)
+    dbi = db_items(records)
+    if not dbi:
+        raise ValueError(f"database {db} has no images")
+    qi = list_query_images(queries, query_dir)
+    t0 = time.time()
+    ext = load_extractor(conf, dbi, export_dir, device)
+    db_desc = extract_global(ext, dbi, export_dir, role="db")
+    good, q_desc = [], []
+    for item in qi:
+        try:
+            q_desc.append(extract_global(ext, [item], export_dir, role="query", finalize=False)[0])
+            good.append(item[0])
+        except (IOError, ValueError) as e:
+            if not skip_unreadable:
+                raise
+            logger.warning("query %s skipped: %s", item[0], e)
+    if export_dir is not None:
+        from retrieval.extract import descriptor_cache
+
+        descriptor_cache(ext, export_dir).finalize()
+    pairs = search_pairs(db_desc, [n for n, _ in dbi], np.stack(q_desc) if q_desc else
+                         np.zeros((0, ext.dim), np.float32), good, top_k, index, nprobe)
+    logger.info("retrieval: %d queries x %d database images, top-%d in %.1f s", len(good), len(dbi), top_k,
+                time.time() - t0)
+    if out is not None:
+        write_pairs(out, pairs)
+        logger.info("wrote %s", out)
+    return pairs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments of ``python -m retrieval.shortlist``."""
+    p = argparse.ArgumentParser(prog="python -m retrieval.shortlist", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--db", required=True, help="database: plain RGB-D folder, TUM sequence or InLoc root")
+    p.add_argument("--db-format", default="auto", choices=["auto", "rgbd", "tum", "inloc"])
+    p.add_argument("--queries", required=True, help="query image directory, or a query list file (name first per line)")
+    p.add_argument("--query-dir", default=None, help="images of a query list (default: LIST_DIR/images or LIST_DIR)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--out", required=True, help="pairs file: 'query db score' lines, best first")
+    p.add_argument("--export-dir", default=None, help="cache folder (default: next to --out)")
+    p.add_argument("--conf", default="dense-rootsift-vlad", choices=sorted(CONFS))
+    p.add_argument("--netvlad-weights", default=None, help="weight file (official .mat or retrieval.train checkpoint)")
+    p.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch default; 1 is fastest on small shared CPUs)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            logger.error("--device cuda but torch sees no GPU")
+            return 2
+    export = Path(args.export_dir) if args.export_dir else Path(args.out).resolve().parent / "retrieval-cache"
+    try:
+        pairs = main(args.conf, args.db, args.queries, export, args.top_k, args.out, args.db_format,
+                     args.netvlad_weights, args.device, args.index, args.nprobe, args.query_dir)
+    except (FileNotFoundError, ValueError, IOError) as e:
+        logger.error("%s", e)
+        return 2
+    print(f"wrote {sum(len(v) for v in pairs.values())} pairs for {len(pairs)} queries to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
