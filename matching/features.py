@@ -1,0 +1,116 @@
+"""Pluggable dense feature extractors: RGB batch [B, 3, H, W] in 0..1 -> L2-normalised [B, C, H/s, W/s].
+
+Every extractor is an ``nn.Module`` with attributes ``name``, ``stride`` (pixels per feature cell) and
+``channels``. Feature cell (i, j) is taken to be centred at pixel ((j + 0.5) * s, (i + 0.5) * s) of the
+input image (COLMAP convention), i.e. the grid covers the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from matching.correlation import feature_l2norm
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURE_NAMES = ("dense-rootsift", "resnet101")
+# torchvision resnet101 module name -> index in NCNet's Sequential(conv1, bn1, relu, maxpool, layer1..3)
+TORCHVISION_TO_SEQUENTIAL = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6}
+
+
+class ResNet101Features(nn.Module):
+    """torchvision ResNet-101 cut after layer3 (1024 channels, stride 16), ImageNet normalisation, eval mode.
+
+    ``self.model`` is Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3), so its state-dict keys
+    are NCNet's ``FeatureExtraction.model.{0,1,4,5,6}...`` without the prefix. Weights are random until
+    loaded (``load_torchvision`` or an NCNet checkpoint); nothing is downloaded.
+    """
+
+    name = "resnet101"
+    stride = 16
+    channels = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import resnet101
+
+        net = resnet101(weights=None)
+        self.model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ResNet101Features":
+        """BatchNorm always stays in eval mode (frozen statistics), as in NCNet."""
+        super().train(mode)
+        self.model.apply(lambda m: m.eval() if isinstance(m, nn.BatchNorm2d) else None)
+        return self
+
+    def load_torchvision(self, path: str | Path) -> None:
+        """Load a torchvision resnet101 state dict (.pth; layer4/fc ignored)."""
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        mapped = {}
+        for key, value in sd.items():
+            head, _, rest = key.partition(".")
+            if head in TORCHVISION_TO_SEQUENTIAL:
+                mapped[f"{TORCHVISION_TO_SEQUENTIAL[head]}.{rest}"] = value
+        load_backbone_state(self.model, mapped)
+        log.info("loaded torchvision ResNet-101 weights from %s", path)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """[B, 3, H, W] RGB 0..1 -> [B, 1024, H/16, W/16] L2-normalised."""
+        return feature_l2norm(self.model((image - self.mean) / self.std))
+
+
+def load_backbone_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a state dict; only BatchNorm ``num_batches_tracked`` entries may be missing (release-era files)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise KeyError(f"backbone weights do not fit: missing {missing[:5]}..., unexpected {unexpected[:5]}...")
+
+
+class DenseRootSIFTFeatures(nn.Module):
+    """Weight-free dense RootSIFT on a regular grid (``matching.dense_sift``), 128 channels, stride ``step``."""
+
+    name = "dense-rootsift"
+    channels = 128
+
+    def __init__(self, step: int = 8, bin_size: int | None = None, sigma: float = 0.0) -> None:
+        super().__init__()
+        self.stride = int(step)
+        self.bin_size = int(bin_size or step)
+        self.sigma = float(sigma)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """[B, 3, H, W] RGB 0..1 -> [B, 128, H // step, W // step] L2-normalised RootSIFT."""
+        from matching.dense_sift import dense_rootsift
+
+        w = torch.tensor([0.299, 0.587, 0.114], device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        gray = (image * w).sum(dim=1, keepdim=True) if image.shape[1] == 3 else image
+        return dense_rootsift(gray.float(), bin_size=self.bin_size, step=self.stride, sigma=self.sigma).to(image.dtype)
+
+
+def build_features(name: str, backbone_weights: str | Path | None = None, step: int = 8) -> nn.Module:
+    """Feature extractor by name: 'dense-rootsift' (``step`` px grid) or 'resnet101' (optional torchvision .pth)."""
+    key = name.lower().replace("_", "-")
+    if key in ("dense-rootsift", "rootsift", "dense-sift"):
+        return DenseRootSIFTFeatures(step=step)
+    if key == "resnet101":
+        fe = ResNet101Features()
+        if backbone_weights is not None:
+            fe.load_torchvision(backbone_weights)
+        return fe
+    raise ValueError(f"unknown features {name!r}; choose from {FEATURE_NAMES}")
+
+
+__all__ = ["ResNet101Features", "DenseRootSIFTFeatures", "build_features", "load_backbone_state",
+           "FEATURE_NAMES", "TORCHVISION_TO_SEQUENTIAL"]

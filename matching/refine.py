@@ -1,0 +1,125 @@
+"""Sub-cell match refinement at full image resolution by normalised cross-correlation (NCC) of patches.
+
+Each match keeps its keypoint in the fixed image (A by default) and searches the other image within
++-``radius`` px of the coarse position for the patch that best matches A's patch; the integer NCC peak
+is refined by a 1D parabola fit along x and y. Pixels in the COLMAP convention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def to_gray(img: np.ndarray) -> Tensor:
+    """H x W (x 3) uint8/float image -> [H, W] float32 tensor in 0..1 (RGB luma weights)."""
+    a = np.asarray(img)
+    if a.ndim == 3:
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    a = a.astype(np.float32)
+    if a.max() > 1.5:
+        a = a / 255.0
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:
+    """Bilinear size x size patches [N, size, size] centred at pixels centers [N, 2] (x, y), integer steps."""
+    H, W = gray.shape
+    r = (size - 1) / 2.0
+    off = torch.arange(size, dtype=torch.float32) - r
+    xs = centers[:, 0:1].float() + off[None]  # [N, size]
+    ys = centers[:, 1:2].float() + off[None]
+    gx = 2.0 * xs / W - 1.0  # align_corners=False: -1 is the left image border (pixel convention [0, W])
+    gy = 2.0 * ys / H - 1.0
+    grid = torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], dim=-1)
+    img = gray[None, None].expand(len(centers), 1, H, W)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+
+
+def ncc_maps(templates: Tensor, regions: Tensor) -> Tensor:
+    """NCC of templates [N, P, P] at every position of regions [N, P + 2R, P + 2R] -> [N, 2R + 1, 2R + 1].
+
+    Numerator: grouped conv2d of the zero-mean template with the region; denominator from box-filtered
+    local moments (so memory is O(N * region), not O(N * positions * P^2)).
+    """
+    n, p, _ = templates.shape
+    t = templates - templates.mean(dim=(1, 2), keepdim=True)
+    t_norm = t.flatten(1).norm(dim=1)
+    num = F.conv2d(regions[None], t[:, None], groups=n)[0]  # [N, S, S]
+    mean = F.avg_pool2d(regions[:, None], p, stride=1)[:, 0]
+    mean_sq = F.avg_pool2d(regions[:, None] ** 2, p, stride=1)[:, 0]
+    w_norm = torch.sqrt(torch.clamp(mean_sq - mean ** 2, min=0.0) * (p * p))
+    return num / (t_norm[:, None, None] * w_norm + 1e-6)
+
+
+def parabolic_offset(left: Tensor, centre: Tensor, right: Tensor) -> Tensor:
+    """Sub-sample peak offset in [-0.5, 0.5] of a 1D parabola through three samples."""
+    denom = left - 2 * centre + right
+    off = 0.5 * (left - right) / torch.where(denom.abs() < 1e-9, torch.full_like(denom, -1e-9), denom)
+    return off.clamp(-0.5, 0.5)
+
+
+def refine_positions(gray_fixed: Tensor, gray_moving: Tensor, kp_fixed: Tensor, kp_moving: Tensor,
+                     radius: float, patch: int = 15, batch: int = 512) -> tuple[Tensor, Tensor, Tensor]:
+    """Refine kp_moving [N, 2] so its patch best matches the patch at kp_fixed. Returns
+    (refined [N, 2] float64, peak NCC [N], on_border [N] bool: peak at the window edge = unreliable)."""
+    R = int(math.ceil(radius))
+    out, scores, border = [], [], []
+    for s in range(0, len(kp_fixed), batch):
+        pf, pm = kp_fixed[s:s + batch], kp_moving[s:s + batch]
+        tmpl = sample_patches(gray_fixed, pf, patch)
+        reg = sample_patches(gray_moving, pm, patch + 2 * R)
+        maps = ncc_maps(tmpl, reg)
+        n, S, _ = maps.shape
+        best, flat = maps.view(n, -1).max(dim=1)
+        iy, ix = flat // S, flat % S
+        inner = (ix > 0) & (ix < S - 1) & (iy > 0) & (iy < S - 1)
+        cx, cy = ix.clamp(1, S - 2), iy.clamp(1, S - 2)
+        ar = torch.arange(n)
+        dx = parabolic_offset(maps[ar, cy, cx - 1], maps[ar, cy, cx], maps[ar, cy, cx + 1])
+        dy = parabolic_offset(maps[ar, cy - 1, cx], maps[ar, cy, cx], maps[ar, cy + 1, cx])
+        dx, dy = torch.where(inner, dx, 0.0), torch.where(inner, dy, 0.0)
+        shift = torch.stack([ix - R + dx, iy - R + dy], dim=1)
+        out.append(pm.double() + shift.double())
+        scores.append(best)
+        border.append(~inner)
+    if not out:
+        return kp_moving.double(), torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(out), torch.cat(scores), torch.cat(border)
+
+
+def refine_matches(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray], radius: float = 8.0,
+                   patch: int = 15, fixed: str = "a", min_ncc: float | None = None,
+                   drop_border: bool = False) -> dict[str, np.ndarray]:
+    """Refine the keypoints of the non-fixed image of ``matches`` (keypoints0/keypoints1/scores, pixels).
+
+    Returns a copy with refined keypoints and ``ncc`` (peak NCC per match); with ``min_ncc`` matches below
+    it are dropped, with ``drop_border`` matches whose peak hits the search-window edge are dropped.
+    """
+    ga, gb = to_gray(img_a), to_gray(img_b)
+    k0 = torch.as_tensor(np.asarray(matches["keypoints0"], dtype=np.float64))
+    k1 = torch.as_tensor(np.asarray(matches["keypoints1"], dtype=np.float64))
+    if fixed == "a":
+        new, ncc, border = refine_positions(ga, gb, k0, k1, radius, patch)
+        k1 = new
+    elif fixed == "b":
+        new, ncc, border = refine_positions(gb, ga, k1, k0, radius, patch)
+        k0 = new
+    else:
+        raise ValueError("fixed must be 'a' or 'b'")
+    out = dict(matches)
+    out["keypoints0"], out["keypoints1"] = k0.numpy(), k1.numpy()
+    out["ncc"] = ncc.float().numpy()
+    keep = np.ones(len(k0), dtype=bool)
+    if min_ncc is not None:
+        keep &= out["ncc"] >= min_ncc
+    if drop_border:
+        keep &= ~border.numpy()
+    return {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in out.items()}
+
+
+__all__ = ["refine_matches", "refine_positions", "ncc_maps", "sample_patches", "parabolic_offset", "to_gray"]
