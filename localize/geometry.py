@@ -22,6 +22,7 @@ CAMERA_MODELS: dict[str, tuple[str, ...]] = {
     "SIMPLE_RADIAL": ("f", "cx", "cy", "k"),
     "RADIAL": ("f", "cx", "cy", "k1", "k2"),
     "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
+    "FULL_OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6"),
 }
 
 
@@ -221,9 +222,10 @@ class Camera:
 
     @property
     def distortion(self) -> np.ndarray:
-        """OpenCV distortion vector (k1, k2, p1, p2, k3) implied by the model."""
+        """OpenCV distortion vector (k1, k2, p1, p2, k3, k4, k5, k6) implied by the model."""
         p = self._p
-        return np.array([p.get("k1", p.get("k", 0.0)), p.get("k2", 0.0), p.get("p1", 0.0), p.get("p2", 0.0), 0.0])
+        return np.array([p.get("k1", p.get("k", 0.0)), p.get("k2", 0.0), p.get("p1", 0.0), p.get("p2", 0.0),
+                         p.get("k3", 0.0), p.get("k4", 0.0), p.get("k5", 0.0), p.get("k6", 0.0)])
 
     def has_distortion(self) -> bool:
         """True when any distortion coefficient is non-zero."""
@@ -251,7 +253,7 @@ class Camera:
         p = self._p
         if self.model == "SIMPLE_PINHOLE":
             return Camera("PINHOLE", self.width, self.height, (p["f"], p["f"], p["cx"], p["cy"]))
-        if self.model in ("SIMPLE_RADIAL", "RADIAL"):
+        if self.model in ("SIMPLE_RADIAL", "RADIAL"):  # noqa: SIM102
             return Camera("OPENCV", self.width, self.height,
                           (p["f"], p["f"], p["cx"], p["cy"], p.get("k", p.get("k1", 0.0)), p.get("k2", 0.0), 0.0, 0.0))
         return self
@@ -260,22 +262,28 @@ class Camera:
         """Apply radial/tangential distortion to normalised coordinates N x 2."""
         if not self.has_distortion():
             return xn
-        k1, k2, p1, p2, _ = self.distortion
+        k1, k2, p1, p2, k3, k4, k5, k6 = self.distortion
         x, y = xn[:, 0], xn[:, 1]
         r2 = x * x + y * y
-        radial = 1 + k1 * r2 + k2 * r2 * r2
+        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
         xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
         yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
         return np.stack([xd, yd], axis=1)
 
-    def _undistort(self, xd: np.ndarray, iterations: int = 20) -> np.ndarray:
-        """Invert the distortion by fixed-point iteration (normalised coordinates N x 2)."""
+    def _undistort(self, xd: np.ndarray, iterations: int = 50) -> np.ndarray:
+        """Invert the distortion (normalised coordinates N x 2) with OpenCV's iterative solver.
+
+        Points where the inverse does not converge (beyond the model's valid field) become NaN.
+        """
         if not self.has_distortion():
             return xd
-        xn = xd.copy()
-        for _ in range(iterations):
-            err = self._distort(xn) - xd
-            xn = xn - err
+        import cv2
+
+        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, iterations, 1e-12)
+        xn = cv2.undistortPoints(xd.reshape(-1, 1, 2).astype(np.float64), np.eye(3), self.distortion,
+                                 R=None, P=None, criteria=crit).reshape(-1, 2)
+        bad = ~np.isfinite(xn).all(1) | (np.linalg.norm(self._distort(xn) - xd, axis=1) > 1e-6)
+        xn[bad] = np.nan
         return xn
 
     def project(self, X_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

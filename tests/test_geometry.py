@@ -101,3 +101,23 @@ def test_depth_to_world_roundtrip_and_pose_error():
         pose.inverse().R @ Rotation.from_euler("z", 5, degrees=True).as_matrix(), pose.center + [0.3, 0.4, 0])
     dp, dr = pose_error(moved, pose)
     assert abs(dp - 0.5) < 1e-9 and abs(dr - 5.0) < 1e-6
+
+
+def test_full_opencv_matches_cv2_and_undistort_is_robust():
+    import cv2
+
+    # TUM fr1 calibration: strong distortion (k2 = -0.95, k3 = 1.16)
+    cam = Camera("FULL_OPENCV", 640, 480, (517.3, 516.5, 318.6, 255.3, 0.2624, -0.9531, -0.0054, 0.0026, 1.1633, 0, 0, 0))
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.uniform(-0.5, 0.5, (200, 2)), rng.uniform(1, 2, 200)]
+    uv, _ = cam.project(X)
+    K = cam.K.copy()
+    ref, _ = cv2.projectPoints(X, np.zeros(3), np.zeros(3), K, cam.distortion)
+    np.testing.assert_allclose(uv, ref.reshape(-1, 2), atol=1e-6)
+    back = cam.backproject(uv, X[:, 2])
+    ok = np.isfinite(back).all(1)
+    assert ok.mean() > 0.9
+    np.testing.assert_allclose(back[ok], X[ok], atol=1e-6)
+    # the image corners must not overflow: finite or NaN, never inf/garbage
+    corners = cam.backproject(np.array([[0.0, 0.0], [640.0, 480.0]]))
+    assert not np.isinf(corners).any()
