@@ -32,7 +32,8 @@ Output layout (all names relative to the folder they are listed in)::
 Query-time changes: furniture flagged movable is moved or removed, objects are added, a
 person-like occluder may stand in front of the camera, and the illumination / colour / noise /
 blur differ. Every query is checked to see >= ``min_query_covis`` of its pixels in some database
-image (depth-checked), else it is resampled.
+image (depth-checked) at an apparent scale within ``max_query_scale_ratio`` of that image (as
+for a query taken from about the distance the building was scanned from), else it is resampled.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from localize.geometry import Camera, Pose, look_at
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 BUILDING = "SYN"
 STOREY = 3.0  # metres between storey floors
 CEILING = 2.7  # room height, metres
@@ -94,6 +95,7 @@ class SizeConfig:
     train_views: int
     train_size: tuple[int, int]
     min_query_covis: float = 0.35
+    max_query_scale_ratio: float = 1.6  # apparent-size ratio query / best database view (either way)
 
 
 SIZES: dict[str, SizeConfig] = {
@@ -1063,6 +1065,23 @@ def _sample_pose(scene: Scene, rng: np.random.Generator, boxes: Sequence[Box], r
     return None
 
 
+def apparent_scale(depth_a: np.ndarray, cam_a: Camera, uv_a: np.ndarray, depth_b: np.ndarray, cam_b: Camera,
+                   uv_b: np.ndarray) -> float:
+    """Median ratio of the apparent size of matched surfaces in A vs B, for images resized to equal width.
+
+    Size in pixels goes as (f / W) / z, so the ratio is (f_a / W_a) / (f_b / W_b) * z_b / z_a.
+    """
+    za = depth_a[np.clip(uv_a[:, 1].astype(int), 0, depth_a.shape[0] - 1), np.clip(uv_a[:, 0].astype(int), 0,
+                                                                                     depth_a.shape[1] - 1)]
+    zb = depth_b[np.clip(uv_b[:, 1].astype(int), 0, depth_b.shape[0] - 1), np.clip(uv_b[:, 0].astype(int), 0,
+                                                                                     depth_b.shape[1] - 1)]
+    ok = np.isfinite(za) & np.isfinite(zb) & (za > 0)
+    if not ok.any():
+        return float("nan")
+    k = (cam_a.focal[0] / cam_a.width) / (cam_b.focal[0] / cam_b.width)
+    return float(k * np.median(zb[ok] / za[ok]))
+
+
 def _make_queries(scene: Scene, cfg: SizeConfig, db_views: list[View], seed: int
                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray, Camera, Pose, dict]]:
     """Sample, render and check the localizability of the queries."""
@@ -1096,18 +1115,24 @@ def _make_queries(scene: Scene, cfg: SizeConfig, db_views: list[View], seed: int
             occl_frac = float(np.mean(kinds == "occluder")) if len(sub) else 0.0
             if static_frac < 0.6 or occl_frac > 0.25 or texture_fraction(img) < 0.1:
                 continue
-            best, best_name = 0.0, ""
+            best, best_name, best_scale = 0.0, "", 1.0
+            n_valid = max(int(np.isfinite(xyz[::2, ::2]).all(-1).sum()), 1)
             for dv in db_by_floor.get(room.floor, []):
                 if np.linalg.norm(dv.pose.center - pose.center) > 9.0:
                     continue
-                c = covisibility(xyz, dv.camera, dv.pose, dv.depth, step=2)
-                if c > best:
-                    best, best_name = c, dv.name
+                uv_q, uv_d = dense_correspondences(xyz, dv.camera, dv.pose, dv.depth, step=2)
+                c = len(uv_q) / n_valid
+                if c <= best:
+                    continue
+                scale = apparent_scale(depth, check_cam, uv_q, dv.depth, dv.camera, uv_d)
+                if 1.0 / cfg.max_query_scale_ratio <= scale <= cfg.max_query_scale_ratio:
+                    best, best_name, best_scale = c, dv.name, scale
             if best >= cfg.min_query_covis:
                 img, depth, xyz = render(cs, cam, pose, appearance=app, rng=_rng(seed, 7, qi))
                 view = View(f"query_{qi:04d}.jpg", cam, pose, depth, xyz, room.index)
                 meta = {"room": room.name, "appearance": app.name, "occluder": occl, "time": k + 1,
                         "best_db": best_name, "best_covisibility": round(best, 4),
+                        "best_scale_ratio": round(best_scale, 3),
                         "static_fraction": round(static_frac, 3), "occluder_fraction": round(occl_frac, 3),
                         "attempts": attempt + 1}
                 yield view.name, img, depth, cam, pose, meta

@@ -200,12 +200,12 @@ def build_matcher(conf: dict, device: str = "cpu"):
 
     model = build_ncnet(conf.get("weights"), features=conf.get("features"),
                         relocalization_k=2 if conf.get("relocalize") else 1, device=device,
-                        half=bool(conf.get("half", False)))
+                        half=bool(conf.get("half", False)), consensus=bool(conf.get("consensus", True)))
 
     def run(img_q: np.ndarray, img_db: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
             return match_images(model, img_q, img_db, image_size=int(conf["image_size"]), refine=bool(conf["refine"]),
-                                max_matches=conf.get("max_matches"))
+                                max_matches=conf.get("max_matches"), refine_options=conf.get("refine_options"))
 
     return run
 

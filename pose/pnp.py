@@ -99,9 +99,19 @@ def reprojection_errors(points2d: np.ndarray, points3d: np.ndarray, camera: Came
     return err
 
 
-def _pose_is_sane(pose: Pose) -> bool:
-    return pose.is_finite() and abs(np.linalg.det(pose.R) - 1.0) < 1e-6 and np.allclose(
+def _pose_is_sane(pose: Pose, inliers3d: np.ndarray | None = None, max_depth_ratio: float = 30.0) -> bool:
+    """Finite rotation/translation, and (given the inlier points) not a degenerate far-away camera.
+
+    A camera whose median inlier depth exceeds ``max_depth_ratio`` times the spread of the inlier
+    points sees them as (almost) one point: such a pose is a RANSAC artefact, not a localization.
+    """
+    ok = pose.is_finite() and abs(np.linalg.det(pose.R) - 1.0) < 1e-6 and np.allclose(
         pose.R @ pose.R.T, np.eye(3), atol=1e-6)
+    if not ok or inliers3d is None or len(inliers3d) < 3:
+        return ok
+    depth = float(np.median(pose.transform(inliers3d)[:, 2]))
+    spread = float(np.median(np.linalg.norm(inliers3d - np.median(inliers3d, axis=0), axis=1)))
+    return depth <= max_depth_ratio * max(spread, 1e-9)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -216,4 +226,7 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera,
     # cheirality: the inliers must lie in front of the camera
     if (pose.transform(p3[mask])[:, 2] <= 0).mean() > 0.5:
         return _failure("degenerate pose (inliers behind the camera)", n, backend, t0)
+    if not _pose_is_sane(pose, p3[mask]):
+        return _failure("degenerate pose (camera far away from its inliers, which look like one point)", n,
+                        backend, t0)
     return PoseResult(True, "", pose, n, ninl, mask, backend, time.perf_counter() - t0)

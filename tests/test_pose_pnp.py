@@ -121,3 +121,13 @@ def test_pixel_convention_half_pixel() -> None:
         r_shift = estimate_pose(uv - 0.5, X, cam, PnPConfig(backend=backend))
         assert pose_error(r.pose, gt)[1] < 1e-4
         assert pose_error(r_shift.pose, gt)[1] > 0.01
+
+
+def test_far_away_degenerate_pose_is_rejected():
+    """A pose that sees all inliers as one distant point is reported as degenerate, not returned."""
+    from localize.geometry import look_at
+    from pose.pnp import _pose_is_sane
+
+    pts = np.random.default_rng(0).uniform(-1, 1, (50, 3))
+    assert _pose_is_sane(look_at([0, -3, 0], [0, 0, 0]), pts)
+    assert not _pose_is_sane(look_at([0, -1e6, 0], [0, 0, 0]), pts)
