@@ -62,6 +62,17 @@ CONFS: dict[str, dict[str, Any]] = {
                  "pnp": {"backend": "pycolmap", "max_error": 48.0, "seed": 0}},
         "densepv": {"enabled": True, "scale": 0.125, "whole_scan": False},
     },
+    # Sparse-NCNet (ECCV 2020) at InLoc resolution: top-10 sparse correlation, hard+soft relocalization
+    "inloc-sparse-ncnet": {
+        "retrieval": {"method": "netvlad-pitts30k", "top_k": 100},
+        "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
+                     "sparse": True, "top_k": 10, "reloc_mode": "hard+soft",
+                     "weights": "REQUIRED: --ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000,
+                     "num_pairs": 10},
+        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0,
+                 "pnp": {"backend": "pycolmap", "max_error": 48.0, "seed": 0}},
+        "densepv": {"enabled": True, "scale": 0.125, "whole_scan": False},
+    },
 }
 
 
@@ -203,6 +214,18 @@ def build_matcher(conf: dict, device: str = "cpu"):
                         half=bool(conf.get("half", False)), consensus=bool(conf.get("consensus", True)))
 
     def run(img_q: np.ndarray, img_db: np.ndarray) -> dict[str, np.ndarray]:
+        if conf.get("sparse"):
+            from matching.refine import refine_matches
+            from matching.sparse_match import match_images_sparse
+
+            with torch.no_grad():
+                m = match_images_sparse(model, img_q, img_db, int(conf["image_size"]), top_k=int(conf.get("top_k", 10)),
+                                        relocalization=conf.get("reloc_mode", "hard+soft") if conf.get("relocalize")
+                                        else "none", max_matches=conf.get("max_matches"))
+            if conf["refine"]:
+                radius = model.features.stride * max(img_db.shape[:2]) / int(conf["image_size"])
+                m = refine_matches(img_q, img_db, m, **{"radius": radius, **(conf.get("refine_options") or {})})
+            return m
         with torch.no_grad():
             return match_images(model, img_q, img_db, image_size=int(conf["image_size"]), refine=bool(conf["refine"]),
                                 max_matches=conf.get("max_matches"), refine_options=conf.get("refine_options"))

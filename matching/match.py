@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--half", action="store_true", help="float16 consensus (CUDA)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--max-matches", type=int, default=None)
+    ap.add_argument("--sparse", action="store_true", help="Sparse-NCNet: top-k sparse correlation + sparse consensus")
+    ap.add_argument("--top-k", type=int, default=10, help="--sparse: matches kept per cell, both directions")
+    ap.add_argument("--reloc-mode", choices=["none", "hard", "hard+soft"], default="hard+soft",
+                    help="--sparse with --relocalize: relocalization mode")
     ap.add_argument("--out", help="write matches to this HDF5 file")
     ap.add_argument("--plot", help="write a PNG of the matches")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -160,7 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    matches = match_images(model, img_a, img_b, args.image_size, refine=args.refine, max_matches=args.max_matches)
+    if args.sparse:
+        from matching.sparse_match import match_images_sparse
+
+        matches = match_images_sparse(model, img_a, img_b, args.image_size, top_k=args.top_k,
+                                      relocalization=args.reloc_mode if args.relocalize else "none",
+                                      max_matches=args.max_matches)
+        if args.refine:
+            from matching.refine import refine_matches
+
+            matches = refine_matches(img_a, img_b, matches,
+                                     radius=model.features.stride * max(img_a.shape[:2]) / args.image_size)
+    else:
+        matches = match_images(model, img_a, img_b, args.image_size, refine=args.refine,
+                               max_matches=args.max_matches)
     print(f"{len(matches['scores'])} matches")
     if args.out:
         write_matches_h5(args.out, matches, {"image_a": str(args.image_a), "image_b": str(args.image_b),
