@@ -27,7 +27,9 @@ from datasets.records import DbImage, load_rgb
 from localize.cache import StageCache
 from localize.formats import PoseEntry, atomic_write, write_poses
 from localize.geometry import Pose
+from localize.executors import LocalExecutor, make_executor
 from localize.queries import DB_FORMATS, Query, list_queries, load_database
+from localize.workers import DensePVWorker, MatchWorker, PoseWorker, candidates_from_record
 
 logger = logging.getLogger("localize.run")
 
@@ -169,164 +171,85 @@ def stage_retrieval(conf: dict, database: dict[str, DbImage], queries: list[Quer
 
 def stage_matching(conf: dict, database: dict[str, DbImage], queries: list[Query], shortlists: dict,
                    top_k: int, export_dir: Path, dataset_id: dict, device: str,
-                   logs: dict[str, QueryLog]) -> StageCache:
+                   logs: dict[str, QueryLog], executor) -> StageCache:
     """NCNet matches between each query and its shortlisted database images, cached per pair."""
     wconf = {**conf, "weights_sha1": file_fingerprint(conf.get("weights"))}
     cache = StageCache(export_dir, "matches", {**wconf, "dataset": dataset_id})
-    matcher = None
     pairs = [(q, db) for q in queries if q.name in shortlists for db, _ in shortlists[q.name][:top_k]]
     todo = [(q, db) for q, db in pairs if not cache.has(f"{q.name}/{db}")]
-    current_query, query_img = None, None
-    for q, db in tqdm(todo, desc="matching", unit="pair", disable=not todo):
-        key = f"{q.name}/{db}"
-        if q.name != current_query:
-            current_query, query_img = q.name, None
-            try:
-                query_img = load_rgb(q.path)
-            except IOError as e:
-                logs[q.name].fail("matching", str(e))
-        if query_img is None:
+    tasks = []
+    for q, db in todo:
+        if db not in database:
+            logs[q.name].fail("matching", f"shortlisted database image {db} is not in the database")
             continue
-        try:
-            db_img = load_rgb(database[db].image_path)
-        except (IOError, KeyError) as e:
-            logs[q.name].fail("matching", f"database image {db}: {e}")
+        tasks.append((q, db))
+    resources = {"num_gpus": 1} if device.startswith("cuda") else {}
+    for i, res in executor.run(MatchWorker, (conf, device), [(str(q.path), str(database[db].image_path))
+                                                            for q, db in tasks], "matching", resources):
+        q, db = tasks[i]
+        if isinstance(res, Exception):
+            logs[q.name].fail("matching", f"{q.name} vs {db}: {res}")
             continue
-        if matcher is None:
-            matcher = build_matcher(conf, device)
-        t0 = time.time()
-        m = matcher(query_img, db_img)
-        cache.put(key, {"keypoints0": m["keypoints0"].astype(np.float32), "keypoints1": m["keypoints1"].astype(np.float32),
-                        "scores": m["scores"].astype(np.float32), "time_s": np.float64(time.time() - t0)})
+        cache.put(f"{q.name}/{db}", res)
     cache.finalize()
     return cache
 
 
-def build_matcher(conf: dict, device: str = "cpu"):
-    """Function (query RGB, db RGB) -> matches dict, from the matching configuration."""
-    import torch
-
-    from matching.match import match_images
-    from matching.model import build_ncnet
-
-    model = build_ncnet(conf.get("weights"), features=conf.get("features"),
-                        relocalization_k=2 if conf.get("relocalize") else 1, device=device,
-                        half=bool(conf.get("half", False)), consensus=bool(conf.get("consensus", True)))
-
-    def run(img_q: np.ndarray, img_db: np.ndarray) -> dict[str, np.ndarray]:
-        if conf.get("sparse"):
-            from matching.refine import refine_matches
-            from matching.sparse_match import match_images_sparse
-
-            with torch.no_grad():
-                m = match_images_sparse(model, img_q, img_db, int(conf["image_size"]), top_k=int(conf.get("top_k", 10)),
-                                        relocalization=conf.get("reloc_mode", "hard+soft") if conf.get("relocalize")
-                                        else "none", max_matches=conf.get("max_matches"))
-            if conf["refine"]:
-                radius = model.features.stride * max(img_db.shape[:2]) / int(conf["image_size"])
-                m = refine_matches(img_q, img_db, m, **{"radius": radius, **(conf.get("refine_options") or {})})
-            return m
-        with torch.no_grad():
-            return match_images(model, img_q, img_db, image_size=int(conf["image_size"]), refine=bool(conf["refine"]),
-                                max_matches=conf.get("max_matches"), refine_options=conf.get("refine_options"))
-
-    return run
-
-
-def _load_pair_matches(cache: StageCache, q: Query, names: Sequence[str]):
-    from pose.candidates import PairMatches
-
+def _load_pair_matches(cache: StageCache, q: Query, names: Sequence[str]) -> tuple[list, float]:
+    """[(db, kp_query, kp_db, scores)] of the cached pairs of one query, and their total matching time."""
     out, total_t = [], 0.0
     for db in names:
         key = f"{q.name}/{db}"
         if cache.has(key):
             e = cache.get(key)
             total_t += float(e["time_s"])
-            out.append(PairMatches(db, e["keypoints0"], e["keypoints1"], e["scores"]))
+            out.append((db, e["keypoints0"], e["keypoints1"], e["scores"]))
     return out, total_t
 
 
-def _pose_conf(conf: dict):
-    from pose.candidates import CandidatesConfig
-    from pose.pnp import PnPConfig
-
-    c = dict(conf)
-    pnp = PnPConfig(**c.pop("pnp", {}))
-    return CandidatesConfig(pnp=pnp, **c)
-
-
-def stage_pose(conf: dict, database: dict[str, DbImage], queries: list[Query], shortlists: dict, top_k: int,
-               mcache: StageCache, scache: StageCache, export_dir: Path, logs: dict[str, QueryLog]) -> StageCache:
+def stage_pose(conf: dict, queries: list[Query], shortlists: dict, top_k: int, mcache: StageCache,
+               scache: StageCache, export_dir: Path, db_spec: tuple[str, str], executor) -> StageCache:
     """PnP-RANSAC candidates per query (one per re-ranked shortlisted image), cached per query."""
-    from pose.candidates import estimate_candidates
-
     cache = StageCache(export_dir, "pose", {**conf, "top_k": top_k}, depends=[mcache, scache])
-    cconf = _pose_conf(conf)
-    todo = [q for q in queries if q.name in shortlists and not cache.has(q.name)]
-    for q in tqdm(todo, desc="pose", unit="query", disable=not todo):
-        names = [n for n, _ in shortlists[q.name][:top_k]]
-        pms, _ = _load_pair_matches(mcache, q, names)
-        if len(pms) < len(names):
+    tasks, names = [], []
+    for q in queries:
+        if q.name not in shortlists or cache.has(q.name):
+            continue
+        shortlisted = [n for n, _ in shortlists[q.name][:top_k]]
+        pairs, _ = _load_pair_matches(mcache, q, shortlisted)
+        if len(pairs) < len(shortlisted):
             continue  # matching failed for this query: already logged
-        t0 = time.time()
-        cands = estimate_candidates(q.camera, pms, database, cconf)
-        rec: dict[str, Any] = {"num": np.int64(len(cands)), "time_s": np.float64(time.time() - t0)}
-        for i, c in enumerate(cands):
-            r = c.result
-            rec[f"c{i:03d}"] = {
-                "info": json.dumps({"db": c.db_name, "db_names": c.db_names, "matches": c.num_matches,
-                                    "lifted": c.num_lifted, "inliers": c.num_inliers, "success": c.success,
-                                    "reason": r.reason}),
-                "P": r.pose.matrix if r.success else np.full((4, 4), np.nan),
-                "inlier_points2d": (c.points2d[r.inlier_mask] if r.success and c.points2d is not None
-                                    and len(r.inlier_mask) == len(c.points2d) else np.zeros((0, 2))),
-            }
-        cache.put(q.name, rec)
+        tasks.append((q.camera, pairs))
+        names.append(q.name)
+    for i, res in executor.run(PoseWorker, (conf, *db_spec), tasks, "pose"):
+        if isinstance(res, Exception):
+            logger.warning("query %s: pose: %s", names[i], res)
+            continue
+        cache.put(names[i], res)
     cache.finalize()
     return cache
 
 
 def load_candidates(cache: StageCache, name: str) -> tuple[list, float]:
     """Candidates of one query from the pose cache -> (list of pose.candidates.Candidate, seconds)."""
-    from pose.candidates import Candidate
-    from pose.pnp import PoseResult
-
     e = cache.get(name)
-    out = []
-    for i in range(int(e["num"])):
-        c = e[f"c{i:03d}"]
-        info = json.loads(c["info"])
-        ok = bool(info["success"])
-        res = PoseResult(ok, info["reason"], Pose.from_matrix(c["P"]) if ok else None,
-                         num_points=info["lifted"], num_inliers=info["inliers"])
-        cand = Candidate(info["db"], res, info["matches"], info["lifted"], info["db_names"])
-        cand.points2d = c["inlier_points2d"]
-        out.append(cand)
-    return out, float(e["time_s"])
+    return candidates_from_record(e), float(e["time_s"])
 
 
-def stage_densepv(conf: dict, database: dict[str, DbImage], queries: list[Query], pcache: StageCache,
-                  export_dir: Path, logs: dict[str, QueryLog], save_renders: Path | None = None) -> StageCache:
+def stage_densepv(conf: dict, queries: list[Query], pcache: StageCache, export_dir: Path, logs: dict[str, QueryLog],
+                  db_spec: tuple[str, str], executor, save_renders: Path | None = None) -> StageCache:
     """DensePV scores of each query's successful candidates, cached per query."""
-    from pose.densepv import DensePVConfig, rerank_candidates
-
     cache = StageCache(export_dir, "densepv", conf, depends=[pcache])
     if not conf.get("enabled", True):
         return cache
-    dconf = DensePVConfig(**{k: v for k, v in conf.items() if k not in ("enabled", "whole_scan")})
     todo = [q for q in queries if pcache.has(q.name) and not cache.has(q.name)]
-    for q in tqdm(todo, desc="densepv", unit="query", disable=not todo):
-        cands, _ = load_candidates(pcache, q.name)
-        try:
-            qimg = load_rgb(q.path)
-        except IOError as e:
-            logs[q.name].fail("densepv", str(e))
+    tasks = [(q.name, str(q.path), q.camera, pcache.get(q.name)) for q in todo]
+    args = (conf, *db_spec, str(save_renders) if save_renders else None)
+    for i, res in executor.run(DensePVWorker, args, tasks, "densepv"):
+        if isinstance(res, Exception):
+            logs[todo[i].name].fail("densepv", str(res))
             continue
-        t0 = time.time()
-        ranked = rerank_candidates(qimg, q.camera, cands, database, dconf, save_dir=save_renders, query_name=q.name)
-        scores = {id(c): c.densepv_score for c in ranked}
-        cache.put(q.name, {"scores": np.array([np.nan if scores[id(c)] is None else scores[id(c)] for c in cands]),
-                           "time_s": np.float64(time.time() - t0)})
+        cache.put(todo[i].name, res)
     cache.finalize()
     return cache
 
@@ -379,8 +302,10 @@ class RunSummary:
 
 def main(conf: dict, query_dir: str | Path, db: str | Path, export_dir: str | Path, db_format: str = "rgbd",
          queries_list: str | Path | None = None, device: str = "cpu", plot: bool = False,
-         save_renders: bool = False) -> RunSummary:
+         save_renders: bool = False, executor=None) -> RunSummary:
     """Run all stages for the queries of ``query_dir`` against ``db``; write poses.txt and log.jsonl."""
+    executor = executor or LocalExecutor()
+    db_spec = (str(Path(db).resolve()), db_format)
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -396,13 +321,14 @@ def main(conf: dict, query_dir: str | Path, db: str | Path, export_dir: str | Pa
     top_k = int(conf["retrieval"]["top_k"])
     scache, shortlists = stage_retrieval(conf["retrieval"], database, valid, export_dir, dataset_id, device, logs)
     mtop = min(top_k, int(conf["matching"]["num_pairs"]))  # shortlisted images matched per query
-    mcache = stage_matching(conf["matching"], database, valid, shortlists, mtop, export_dir, dataset_id, device, logs)
+    mcache = stage_matching(conf["matching"], database, valid, shortlists, mtop, export_dir, dataset_id, device, logs,
+                            executor)
     for q in valid:
         if q.name in shortlists:
             logs[q.name].times["matching"] = _load_pair_matches(mcache, q, [n for n, _ in shortlists[q.name][:mtop]])[1]
-    pcache = stage_pose(conf["pose"], database, valid, shortlists, mtop, mcache, scache, export_dir, logs)
+    pcache = stage_pose(conf["pose"], valid, shortlists, mtop, mcache, scache, export_dir, db_spec, executor)
     use_pv = bool(conf["densepv"].get("enabled", True))
-    dcache = stage_densepv(conf["densepv"], database, valid, pcache, export_dir, logs,
+    dcache = stage_densepv(conf["densepv"], valid, pcache, export_dir, logs, db_spec, executor,
                            export_dir / "renders" if save_renders else None)
     poses = choose_poses(valid, pcache, dcache, use_pv, logs)
     poses_path, log_path = export_dir / "poses.txt", export_dir / "log.jsonl"
@@ -473,6 +399,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--plot", action="store_true", help="PNG per query and scene.ply with camera centres")
     p.add_argument("--save-renders", action="store_true", help="keep DensePV renderings (export-dir/renders)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where per-item work runs: in this process, or Ray tasks/actors (optional extra [ray])")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local instance)")
     p.add_argument("--verbose", "-v", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
@@ -493,9 +422,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     print("configuration:", json.dumps(conf, indent=1))
+    executor = make_executor(a.executor, **({"address": a.ray_address} if a.executor == "ray" else {}))
     try:
         main(conf, a.query_dir, a.db, a.export_dir or "outputs/run", a.db_format, a.queries_list, a.device, a.plot,
-             a.save_renders)
+             a.save_renders, executor)
     except (FileNotFoundError, ValueError) as e:
         if "database" in str(e) or "not a" in str(e) or str(a.db) in str(e):
             print(f"error: unusable database {a.db}: {e}", file=sys.stderr)

@@ -69,7 +69,9 @@ def test_rerun_recomputes_nothing_and_conf_change_recomputes(tiny, baseline, mon
     def boom(*a, **k):
         raise AssertionError("matching recomputed although cached")
 
-    monkeypatch.setattr(runmod, "build_matcher", boom)
+    import localize.workers
+
+    monkeypatch.setattr(localize.workers, "build_matcher", boom)
     runmod.main(tiny_conf(), tiny / "queries" / "images", tiny / "db", out, "rgbd",
                 tiny / "queries" / "queries_with_intrinsics.txt")
     assert (out / "poses.txt").read_text() == before
