@@ -64,7 +64,7 @@ from localize.geometry import Camera, Pose, look_at
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.3"
 BUILDING = "SYN"
 STOREY = 3.0  # metres between storey floors
 CEILING = 2.7  # room height, metres
@@ -96,6 +96,7 @@ class SizeConfig:
     train_size: tuple[int, int]
     min_query_covis: float = 0.35
     max_query_scale_ratio: float = 1.6  # apparent-size ratio query / best database view (either way)
+    min_query_texture: float = 0.33  # edge-pixel fraction at quarter resolution: no blank-wall queries
 
 
 SIZES: dict[str, SizeConfig] = {
@@ -270,12 +271,14 @@ class _Materials:
         cols = list(rng.permutation(_PASTELS))
         self.walls = [
             Surface(b.add("wall_plain0", lambda: T.plain_texture(rng, H(cols[0]), 0.02)), (2.0, 2.0)),
-            Surface(b.add("wall_stripes", lambda: T.stripes_texture(rng, H(cols[1]), H("#b9c4c9"), 6)), (1.5, 1.5)),
-            Surface(b.add("wall_brick", lambda: T.brick_texture(rng, H("#9c5b44"), H("#cfc8bc"))), (0.9, 0.9)),
+            Surface(b.add("wall_stripes", lambda: T.stripes_texture(rng, H(cols[1]), H("#b9c4c9"), 12)), (3.0, 3.0)),
+            # 24 x 12 bricks of random tone per 2.7 m tile: repetitive, but not a 0.9 m grating
+            Surface(b.add("wall_brick", lambda: T.brick_texture(rng, H("#9c5b44"), H("#cfc8bc"), 24, 12)),
+                    (2.7, 2.7)),
             Surface(b.add("wall_plaster", lambda: T.noise_texture(rng, H(cols[2]), H("#b8b0a0"), 0.22)), (2.5, 2.5)),
             Surface(b.add("wall_plain1", lambda: T.plain_texture(rng, H(cols[3]), 0.03)), (2.0, 2.0)),
-            Surface(b.add("wall_stripes2", lambda: T.stripes_texture(rng, H("#e9e1cf"), H(cols[4]), 10, True)),
-                    (1.0, 1.0)),
+            Surface(b.add("wall_stripes2", lambda: T.stripes_texture(rng, H("#e9e1cf"), H(cols[4]), 16, True)),
+                    (2.0, 2.0)),
         ]
         self.floors = [
             Surface(b.add("floor_tiles", lambda: T.tiles_texture(rng, H("#c9c3b6"), H("#6e6a63"), 4)), (2.0, 2.0)),
@@ -1113,7 +1116,7 @@ def _make_queries(scene: Scene, cfg: SizeConfig, db_views: list[View], seed: int
             kinds = np.array([b.kind for b in cs.boxes])[sub]
             static_frac = float(np.mean(kinds == "static")) if len(sub) else 0.0
             occl_frac = float(np.mean(kinds == "occluder")) if len(sub) else 0.0
-            if static_frac < 0.6 or occl_frac > 0.25 or texture_fraction(img) < 0.1:
+            if static_frac < 0.6 or occl_frac > 0.25 or texture_fraction(img) < cfg.min_query_texture:
                 continue
             best, best_name, best_scale = 0.0, "", 1.0
             n_valid = max(int(np.isfinite(xyz[::2, ::2]).all(-1).sum()), 1)

@@ -83,11 +83,14 @@ def tiles_texture(rng: np.random.Generator, colour: np.ndarray, grout: np.ndarra
 
 def stripes_texture(rng: np.random.Generator, c0: np.ndarray, c1: np.ndarray, n_stripes: int = 8,
                     vertical: bool = True, size: int = TEX_SIZE) -> np.ndarray:
-    """Wallpaper stripes (integer count: tiles seamlessly) with faint noise."""
+    """Wallpaper stripes of irregular widths (integer count: tiles seamlessly) with faint noise."""
     y, x = np.mgrid[0:size, 0:size] / size
     s = x if vertical else y
-    band = (np.floor(s * n_stripes * 2) % 2).astype(np.float32)
-    img = _mix(c0, c1, band)
+    # 2 * n_stripes bands with random widths: locally aperiodic, so a wall is not a perfect grating
+    edges = np.concatenate([[0.0], np.cumsum(rng.uniform(0.5, 1.5, 2 * n_stripes))])
+    edges /= edges[-1]
+    band = (np.searchsorted(edges, s, side="right") - 1) % 2
+    img = _mix(c0, c1, band.astype(np.float32))
     return np.clip(img * (1 + 0.03 * periodic_noise(rng, size)[..., None]), 0, 1).astype(np.float32)
 
 

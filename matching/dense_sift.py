@@ -73,12 +73,13 @@ def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
 
 
 def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: float = 0.0,
-                   contrast_eps: float = 1e-3) -> torch.Tensor:
-    """Dense RootSIFT of grey images [B, 1, H, W] (0..1) -> L2-normalised [B, 128, H//step, W//step].
+                   contrast_eps: float = 1e-3, min_contrast: float = 0.0) -> torch.Tensor:
+    """Dense RootSIFT of grey images [B, 1, H, W] (0..1) -> [B, 128, H//step, W//step].
 
-    ``contrast_eps`` is added to the L2 norm before normalisation so that flat regions give
-    near-zero (not noise-amplified) descriptors; those are then still unit-norm after RootSIFT
-    only where there is gradient energy.
+    Descriptors are L2-normalised, except with ``min_contrast`` > 0: each descriptor is then
+    scaled by clamp(c / min_contrast, 0, 1)^2, c = mean gradient magnitude per pixel (image units)
+    over its 4 x 4 cells, so flat or noise-only regions (blank walls, black areas) get
+    near-zero descriptors instead of unit-norm noise that matches everything.
     """
     if gray.dim() != 4 or gray.shape[1] != 1:
         raise ValueError(f"expected grey images [B,1,H,W], got {tuple(gray.shape)}")
@@ -107,12 +108,16 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
             grid = grid.unsqueeze(0).expand(B, h, w, 2)
             parts.append(F.grid_sample(filt, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
     desc = torch.stack(parts, dim=1).reshape(B, NUM_CELLS * NUM_CELLS * C, h, w)  # cell-major, orientation-minor
+    energy = desc.sum(dim=1, keepdim=True) / (NUM_CELLS * NUM_CELLS * bin_size * bin_size)  # mean |grad| per px
     # SIFT normalisation, clipping, then RootSIFT
     desc = desc / (desc.norm(dim=1, keepdim=True) + contrast_eps)
     desc = desc.clamp(max=0.2)
     desc = desc / (desc.sum(dim=1, keepdim=True) + 1e-12)
     desc = desc.clamp(min=0).sqrt()
-    return desc / (desc.norm(dim=1, keepdim=True) + 1e-12)
+    desc = desc / (desc.norm(dim=1, keepdim=True) + 1e-12)
+    if min_contrast > 0:
+        desc = desc * (energy / min_contrast).clamp(max=1.0) ** 2
+    return desc
 
 
 def dense_rootsift_image(image: np.ndarray, bin_size: int = 8, step: int = 8, sigma: float = 0.0,

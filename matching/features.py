@@ -84,11 +84,13 @@ class DenseRootSIFTFeatures(nn.Module):
     name = "dense-rootsift"
     channels = 128
 
-    def __init__(self, step: int = 8, bin_size: int | None = None, sigma: float = 0.0) -> None:
+    def __init__(self, step: int = 8, bin_size: int | None = None, sigma: float = 0.0,
+                 min_contrast: float = 0.0) -> None:
         super().__init__()
         self.stride = int(step)
         self.bin_size = int(bin_size or step)
         self.sigma = float(sigma)
+        self.min_contrast = float(min_contrast)
 
     def forward(self, image: Tensor) -> Tensor:
         """[B, 3, H, W] RGB 0..1 -> [B, 128, H // step, W // step] L2-normalised RootSIFT."""
@@ -96,7 +98,8 @@ class DenseRootSIFTFeatures(nn.Module):
 
         w = torch.tensor([0.299, 0.587, 0.114], device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
         gray = (image * w).sum(dim=1, keepdim=True) if image.shape[1] == 3 else image
-        return dense_rootsift(gray.float(), bin_size=self.bin_size, step=self.stride, sigma=self.sigma).to(image.dtype)
+        return dense_rootsift(gray.float(), bin_size=self.bin_size, step=self.stride, sigma=self.sigma,
+                              min_contrast=self.min_contrast).to(image.dtype)
 
 
 def build_features(name: str, backbone_weights: str | Path | None = None, step: int = 8) -> nn.Module:
