@@ -1,0 +1,133 @@
+"""Ray executor: a local Ray instance (2 CPUs) gives exactly the local executor's poses, survives a killed worker.
+
+Skipped when Ray is not installed (optional extra ``[ray]``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from localize import run as runmod  # noqa: E402
+from localize.executors import LocalExecutor, make_executor  # noqa: E402
+from localize.formats import read_query_list, write_query_list  # noqa: E402
+
+NUM_QUERIES = 3
+
+
+def small_conf() -> dict:
+    """The 'fast' preset at test sizes (as tests/test_localize_run.py's tiny_conf)."""
+    conf = runmod.CONFS["fast"]
+    import copy
+
+    conf = copy.deepcopy(conf)
+    conf["retrieval"]["top_k"] = 3
+    conf["matching"]["num_pairs"] = 3
+    conf["matching"]["image_size"] = 160
+    conf["pose"]["top_n"] = 3
+    return conf
+
+
+@pytest.fixture(scope="module")
+def tiny_subset(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(query dir, query list, database) of the tiny synthetic building, first NUM_QUERIES queries only."""
+    from datasets.synthetic import ensure_dataset
+
+    data = ensure_dataset(tmp_path_factory.mktemp("synthetic") / "tiny", seed=0, size="tiny")
+    cams = read_query_list(data / "queries" / "queries_with_intrinsics.txt")
+    names = sorted(cams)[:NUM_QUERIES]
+    qdir = tmp_path_factory.mktemp("queries")
+    for n in names:
+        shutil.copy(data / "queries" / "images" / n, qdir / n)
+    write_query_list(qdir.parent / (qdir.name + "_list.txt"), {n: cams[n] for n in names})
+    return qdir, qdir.parent / (qdir.name + "_list.txt"), data / "db"
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_subset, tmp_path_factory) -> Path:
+    qdir, qlist, db = tiny_subset
+    out = tmp_path_factory.mktemp("local")
+    s = runmod.main(small_conf(), qdir, db, out, "rgbd", qlist, executor=LocalExecutor())
+    assert s.num_localized >= 1
+    return out
+
+
+class KillOneWorker:
+    """Wraps a RayExecutor; SIGKILLs one matching actor's process as soon as the first result arrives."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.killed = inner, 0
+
+    def run(self, worker_cls, worker_args, tasks, desc="", resources=None):
+        for n, (i, res) in enumerate(self.inner.run(worker_cls, worker_args, tasks, desc, resources)):
+            if desc == "matching" and n == 0 and not self.killed:
+                os.kill(self.inner.actor_pids()[0], signal.SIGKILL)
+                self.killed += 1
+            yield i, res
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tmp_path, monkeypatch):
+    qdir, qlist, db = tiny_subset
+    out = tmp_path / "ray"
+    out.mkdir()
+    # retrieval runs in the driver: reuse its cache (a run can be resumed by either executor)
+    for pat in ("shortlist-*.h5", "global-descriptors-*.h5", "retrieval-vocabulary-*.h5"):
+        for f in local_run.glob(pat):
+            shutil.copy(f, out / f.name)
+    ex = make_executor("ray", num_cpus=2, progress=False)
+    wrapped = KillOneWorker(ex)
+    try:
+        t0 = time.time()
+        s = runmod.main(small_conf(), qdir, db, out, "rgbd", qlist, executor=wrapped)
+        print(f"ray run: {time.time() - t0:.1f} s, {ex.restarted} actor(s) replaced")
+        assert wrapped.killed == 1 and ex.restarted >= 1
+        assert not s.failures, s.failures
+    finally:
+        wrapped.shutdown()
+    assert not ray.is_initialized()
+    assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
+
+    # nothing lost: a rerun (here with the local executor) recomputes no match and gives the same poses
+    import localize.workers
+
+    def boom(*a, **k):
+        raise AssertionError("matching recomputed although cached")
+
+    monkeypatch.setattr(localize.workers, "build_matcher", boom)
+    runmod.main(small_conf(), qdir, db, out, "rgbd", qlist, executor=LocalExecutor())
+    assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
+
+
+def test_worker_errors_are_yielded_not_raised():
+    class Flaky:  # local class: pickled by value, so the Ray workers need not import this test module
+        def __init__(self, k: int) -> None:
+            if k < 0:
+                raise ValueError("negative k")
+            self.k = k
+
+        def __call__(self, t: int) -> dict:
+            if t == 3:
+                raise ValueError("item 3 is bad")
+            return {"y": t * self.k}
+
+    ex = make_executor("ray", num_cpus=2, progress=False, num_workers=2)
+    try:
+        got = dict(ex.run(Flaky, (10,), list(range(6)), "flaky"))
+        # a worker that cannot be built is a configuration error: raised once, not retried forever
+        with pytest.raises(RuntimeError, match="negative k"):
+            list(ex.run(Flaky, (-1,), [0, 1], "broken"))
+    finally:
+        ex.shutdown()
+    assert sorted(got) == list(range(6))
+    assert isinstance(got[3], ValueError) and "item 3" in str(got[3])
+    assert all(got[i] == {"y": i * 10} for i in (0, 1, 2, 4, 5))
