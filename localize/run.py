@@ -39,7 +39,7 @@ CONFS: dict[str, dict[str, Any]] = {
     "default": {
         "retrieval": {"method": "dense-rootsift-vlad", "top_k": 10},
         "matching": {"features": "dense-rootsift", "image_size": 320, "relocalize": False, "refine": True,
-                     "weights": None, "max_matches": 2000, "num_pairs": 10},
+                     "weights": None, "max_matches": 2000, "num_pairs": 5},
         "pose": {"top_n": 10, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0,
                  "pnp": {"backend": "pycolmap", "max_error": 4.0, "seed": 0, "max_num_trials": 5000,
                          "confidence": 0.9999}},
