@@ -31,3 +31,17 @@ def tum_root() -> Path:
 def inloc_shared() -> Path:
     """../shared/data/inloc (skips when absent)."""
     return shared_path("inloc")
+
+
+def tiny_pipeline_conf(image_size: int = 256) -> dict:
+    """The pipeline's 'fast' preset at the tiny synthetic building's sizes (shared by pipeline tests)."""
+    import copy
+
+    from localize.run import CONFS
+
+    conf = copy.deepcopy(CONFS["fast"])
+    conf["retrieval"]["top_k"] = 5
+    conf["matching"]["num_pairs"] = 3
+    conf["matching"]["image_size"] = image_size
+    conf["pose"]["top_n"] = 3
+    return conf

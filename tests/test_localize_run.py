@@ -18,18 +18,14 @@ import pytest
 from localize import run as runmod
 from localize.evaluate_inloc import evaluate
 from localize.formats import read_poses, read_query_list, write_query_list
+from conftest import tiny_pipeline_conf
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_conf() -> dict:
     """The 'fast' preset at test sizes (the tiny building's images are small)."""
-    conf = copy.deepcopy(runmod.CONFS["fast"])
-    conf["retrieval"]["top_k"] = 5
-    conf["matching"]["num_pairs"] = 3
-    conf["matching"]["image_size"] = 256
-    conf["pose"]["top_n"] = 3
-    return conf
+    return tiny_pipeline_conf(256)
 
 
 @pytest.fixture(scope="module")

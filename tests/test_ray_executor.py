@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_pipeline_conf
+
 ray = pytest.importorskip("ray")
 
 from localize import run as runmod  # noqa: E402
@@ -23,16 +25,8 @@ NUM_QUERIES = 3
 
 
 def small_conf() -> dict:
-    """The 'fast' preset at test sizes (as tests/test_localize_run.py's tiny_conf)."""
-    conf = runmod.CONFS["fast"]
-    import copy
-
-    conf = copy.deepcopy(conf)
-    conf["retrieval"]["top_k"] = 3
-    conf["matching"]["num_pairs"] = 3
-    conf["matching"]["image_size"] = 160
-    conf["pose"]["top_n"] = 3
-    return conf
+    """The 'fast' preset at test sizes (160 px: Ray start-up already costs time)."""
+    return tiny_pipeline_conf(160)
 
 
 @pytest.fixture(scope="module")
