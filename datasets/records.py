@@ -79,7 +79,16 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB; raises IOError naming the file if unreadable."""
     import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise IOError(f"cannot read image {path}: {e}") from e
+    # OpenCV decodes truncated files into partly grey images with only a warning: refuse them
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        raise IOError(f"image {path} is truncated (JPEG without end-of-image marker)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
+        raise IOError(f"image {path} is truncated (PNG without IEND chunk)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise IOError(f"cannot read image {path} (missing, truncated or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

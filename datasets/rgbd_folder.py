@@ -82,7 +82,11 @@ def read_rgbd_folder(root: str | Path) -> list[DbImage]:
         def loader(dpath: Path = dpath, cam: Camera = cam, pose: Pose = pose) -> np.ndarray:
             if not dpath.exists():
                 raise FileNotFoundError(f"depth map missing: {dpath}")
-            return depth_to_world(read_depth_png(dpath, scale), cam, pose)
+            depth = read_depth_png(dpath, scale)
+            if depth.shape != (cam.height, cam.width):
+                raise IOError(f"depth map {dpath} is {depth.shape[1]}x{depth.shape[0]}, its image is "
+                              f"{cam.width}x{cam.height}")
+            return depth_to_world(depth, cam, pose)
 
         out.append(DbImage(name, root / "images" / name, cam, pose, loader))
     return out

@@ -124,22 +124,25 @@ def test_unusable_database_exits_nonzero(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses SIGKILL")
-def test_killed_run_resumes_to_identical_poses(tiny, baseline, tmp_path):
-    out_ref, _ = baseline
+def test_killed_run_resumes_to_identical_poses(tiny, tmp_path):
     conf_file = tmp_path / "conf.json"
     conf_file.write_text(json.dumps(tiny_conf()))
+    code = ("import json,sys,torch; torch.set_num_threads(1); from localize import run; "
+            "c=json.load(open(sys.argv[1])); run.main(c, sys.argv[2], sys.argv[3], sys.argv[4], 'rgbd', sys.argv[5])")
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-c", code, str(conf_file), str(tiny / "queries" / "images"), str(tiny / "db"),
+                str(out), str(tiny / "queries" / "queries_with_intrinsics.txt")]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(command(tmp_path / "reference"), check=True, **quiet)  # uninterrupted, same settings
     out = tmp_path / "killed"
-    code = ("import json,sys; from localize import run; c=json.load(open(sys.argv[1])); "
-            "run.main(c, sys.argv[2], sys.argv[3], sys.argv[4], 'rgbd', sys.argv[5])")
-    args = [sys.executable, "-c", code, str(conf_file), str(tiny / "queries" / "images"), str(tiny / "db"), str(out),
-            str(tiny / "queries" / "queries_with_intrinsics.txt")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(command(out), **quiet)
     # kill once some (not all) pair matches are on disk
     deadline = time.time() + 120
     while time.time() < deadline:
-        parts = list(out.glob("matches-*.parts/*.h5"))
-        if len(parts) >= 2 or p.poll() is not None:
+        if len(list(out.glob("matches-*.parts/*.h5"))) >= 2 or p.poll() is not None:
             break
         time.sleep(0.05)
     assert p.poll() is None, "the run finished before it could be killed"
@@ -147,6 +150,6 @@ def test_killed_run_resumes_to_identical_poses(tiny, baseline, tmp_path):
     p.wait()
     assert not (out / "poses.txt").exists()
     done = len(list(out.glob("matches-*.parts/*.h5")))
-    subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert done >= 1
-    assert (out / "poses.txt").read_text() == (out_ref / "poses.txt").read_text()
+    subprocess.run(command(out), check=True, **quiet)
+    assert (out / "poses.txt").read_text() == (tmp_path / "reference" / "poses.txt").read_text()
