@@ -1,8 +1,7 @@
-"""End-to-end localization benchmarks: TUM fr1_xyz split, synthetic demo, InLoc-size timing.
+"""End-to-end localization benchmarks: TUM fr1_xyz split and the synthetic demo building.
 
 python benchmarks/bench_localize.py tum [--conf default] [--max-queries N] [--out outputs/bench_tum]
 python benchmarks/bench_localize.py synthetic [--size small] [--conf default]
-python benchmarks/bench_localize.py inloc-size [--pairs 1]
 
 TUM: database = even lines of frames.txt (50 frames, exported to the plain RGB-D folder),
 queries = odd lines (49), calibrated pinhole intrinsics; prints % within (2 cm, 2 deg),
