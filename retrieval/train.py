@@ -110,7 +110,7 @@ def save_checkpoint(path: str | Path, model: DenseVLAD, conf: Mapping[str, Any],
 
 def load_checkpoint(path: str | Path) -> tuple[DenseVLAD, dict[str, Any]]:
     """(DenseVLAD in eval mode, its training configuration) from a ``retrieval.train`` checkpoint."""
-    ck = torch.load(str(path), map_location="cpu", weights_only=False)
+    ck = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors, dicts, lists, numbers only
     if not isinstance(ck, dict) or "state_dict" not in ck or "conf" not in ck:
         raise ValueError(f"{path} is not a retrieval.train checkpoint")
     conf = ck["conf"]
