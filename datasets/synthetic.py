@@ -666,7 +666,6 @@ def build_scene(seed: int, size: str = "tiny") -> Scene:
         xs_s = np.concatenate([[0.0], np.cumsum(rng.dirichlet(np.ones(ns) * 6) * Lx)]) if ns else np.array([0.0, Lx])
         dn, ds = float(rng.uniform(4.0, 5.0)), float(rng.uniform(3.6, 4.5))
         cw = CORRIDOR_W
-        ymin = -ds if ns else 0.0
         room_defs: list[tuple[str, tuple[float, float, float, float], str]] = []
         corridor = Room(len(rooms), f"FL{fl + 1}_corridor", fl, (h, h, Lx - h, cw - h), "corridor", -1)
         rooms.append(corridor)

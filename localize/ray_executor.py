@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Sequence

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from datasets.records import DbImage, load_rgb
+from datasets.records import DbImage
 from localize.cache import StageCache
 from localize.formats import PoseEntry, atomic_write, write_poses
 from localize.geometry import Pose

@@ -31,7 +31,7 @@ class NeighbourMap:
         if kernel_size % 2 == 0:
             raise ValueError("submanifold conv needs an odd kernel size")
         self.kernel_size, self.shape, self.n = kernel_size, shape, int(coords.shape[0])
-        k, p = kernel_size, kernel_size // 2
+        p = kernel_size // 2
         keys = linear_keys(coords, shape) if keys is None else keys
         if self.n > 1 and not bool((keys[1:] > keys[:-1]).all()):
             raise ValueError("coords must be sorted by linear key and unique (use sort_unique)")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from datasets import synthetic as S
-from datasets.correspondences import dense_correspondences
 from datasets.inloc import read_inloc_db
 from datasets.rgbd_folder import read_depth_png, read_rgbd_folder
 from localize.formats import read_poses, read_query_list
