@@ -53,6 +53,18 @@ def _group_name(key: str) -> str:
     return key.replace("%", "%25").replace("/", "%2F")
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """Cheap identity of a file: name, size and a hash of its first and last MiB."""
+    p = Path(path)
+    h = hashlib.sha1(f"{p.name}:{p.stat().st_size}".encode())
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if p.stat().st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
 def _key_file(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest() + ".h5"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.records import DbImage
-from localize.cache import StageCache
+from localize.cache import StageCache, file_fingerprint
 from localize.formats import PoseEntry, atomic_write, write_poses
 from localize.geometry import Pose
 from localize.executors import LocalExecutor, make_executor
@@ -98,17 +97,6 @@ def resolve_conf(name: str, top_k: int | None = None, ncnet_weights: str | None 
     return conf
 
 
-def file_fingerprint(path: str | Path | None) -> str | None:
-    """SHA-1 of a weight file's content (so a changed file invalidates the cache), None for no file."""
-    if not path:
-        return None
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- per-query record
 @dataclass
 class QueryLog:
@@ -145,7 +133,7 @@ def stage_retrieval(conf: dict, database: dict[str, DbImage], queries: list[Quer
     """Shortlist database images per query (cached per query); returns (cache, {query: [(db, score)]})."""
     from retrieval import shortlist
 
-    wconf = {**conf, "weights_sha1": file_fingerprint(conf.get("weights"))}
+    wconf = {**conf, "weights_sha1": (file_fingerprint(conf["weights"]) if conf.get("weights") else None)}
     cache = StageCache(export_dir, "shortlist", {**wconf, "dataset": dataset_id})
     todo = [q for q in queries if not cache.has(q.name)]
     if todo:
@@ -175,7 +163,7 @@ def stage_matching(conf: dict, database: dict[str, DbImage], queries: list[Query
                    top_k: int, export_dir: Path, dataset_id: dict, device: str,
                    logs: dict[str, QueryLog], executor) -> StageCache:
     """NCNet matches between each query and its shortlisted database images, cached per pair."""
-    wconf = {**conf, "weights_sha1": file_fingerprint(conf.get("weights"))}
+    wconf = {**conf, "weights_sha1": (file_fingerprint(conf["weights"]) if conf.get("weights") else None)}
     cache = StageCache(export_dir, "matches", {**wconf, "dataset": dataset_id})
     pairs = [(q, db) for q in queries if q.name in shortlists for db, _ in shortlists[q.name][:top_k]]
     todo = [(q, db) for q, db in pairs if not cache.has(f"{q.name}/{db}")]

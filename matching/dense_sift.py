@@ -120,16 +120,21 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
     return desc
 
 
+def to_gray(img: np.ndarray) -> torch.Tensor:
+    """H x W (x 3) uint8/float image -> [H, W] float32 tensor in 0..1 (RGB luma weights)."""
+    a = np.asarray(img)
+    if a.ndim == 3:
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    a = a.astype(np.float32)
+    if a.max() > 1.5:
+        a = a / 255.0
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
 def dense_rootsift_image(image: np.ndarray, bin_size: int = 8, step: int = 8, sigma: float = 0.0,
                          device: str | torch.device = "cpu") -> np.ndarray:
     """Convenience: H x W (grey) or H x W x 3 (RGB) uint8/float image -> [h, w, 128] float32 descriptors."""
-    img = np.asarray(image)
-    if img.ndim == 3:
-        img = img[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    img = img.astype(np.float32)
-    if img.max() > 1.5:
-        img = img / 255.0
-    t = torch.from_numpy(img)[None, None].to(device)
+    t = to_gray(image)[None, None].to(device)
     with torch.no_grad():
         d = dense_rootsift(t, bin_size=bin_size, step=step, sigma=sigma)
     return d[0].permute(1, 2, 0).cpu().numpy()

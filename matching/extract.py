@@ -20,6 +20,20 @@ def cell_to_pixels(idx: Tensor, grid_hw: tuple[int, int], image_hw: tuple[float,
     return torch.stack([x, y], dim=1)
 
 
+def sort_unique_matches(ia: Tensor, ib: Tensor, scores: Tensor, n_b: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat cell indices of matches (A, B) and scores -> sorted by decreasing score, duplicate pairs removed
+    (the best-scored occurrence of each (A, B) pair is kept; ties keep the input order)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    ia, ib, scores = ia[order], ib[order], scores[order]
+    if len(ia) == 0:
+        return ia, ib, scores
+    _, inverse = torch.unique(ia * n_b + ib, return_inverse=True)
+    pos = torch.arange(len(ia), device=ia.device)
+    first = torch.full((int(inverse.max()) + 1,), len(ia), dtype=torch.long, device=ia.device)
+    keep = torch.sort(first.scatter_reduce(0, inverse, pos, reduce="amin")).values
+    return ia[keep], ib[keep], scores[keep]
+
+
 def extract_matches(corr: Tensor, size_a: tuple[float, float], size_b: tuple[float, float],
                     code: Tensor | None = None, k: int = 1, both_directions: bool = True,
                     softmax: bool = True) -> dict[str, Tensor]:
@@ -48,15 +62,7 @@ def extract_matches(corr: Tensor, size_a: tuple[float, float], size_b: tuple[flo
         ib.append(idx_b)
         sc.append(score_ab)
     ia_t, ib_t, scores = torch.cat(ia), torch.cat(ib), torch.cat(sc)
-    order = torch.argsort(scores, descending=True, stable=True)
-    ia_t, ib_t, scores = ia_t[order], ib_t[order], scores[order]
-    key = ia_t * (hb * wb) + ib_t
-    _, inverse = torch.unique(key, return_inverse=True)
-    pos = torch.arange(len(key), device=key.device)
-    first = torch.full((int(inverse.max()) + 1 if len(key) else 0,), len(key), dtype=torch.long, device=key.device)
-    first = first.scatter_reduce(0, inverse, pos, reduce="amin")
-    keep = torch.sort(first).values
-    ia_t, ib_t, scores = ia_t[keep], ib_t[keep], scores[keep]
+    ia_t, ib_t, scores = sort_unique_matches(ia_t, ib_t, scores, hb * wb)
     idx0 = torch.stack([ia_t // wa, ia_t % wa], dim=1)
     idx1 = torch.stack([ib_t // wb, ib_t % wb], dim=1)
     grid_a, grid_b = (ha, wa), (hb, wb)
@@ -75,4 +81,4 @@ def extract_matches(corr: Tensor, size_a: tuple[float, float], size_b: tuple[flo
     }
 
 
-__all__ = ["extract_matches", "cell_to_pixels"]
+__all__ = ["extract_matches", "cell_to_pixels", "sort_unique_matches"]

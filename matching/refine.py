@@ -14,16 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def to_gray(img: np.ndarray) -> Tensor:
-    """H x W (x 3) uint8/float image -> [H, W] float32 tensor in 0..1 (RGB luma weights)."""
-    a = np.asarray(img)
-    if a.ndim == 3:
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    a = a.astype(np.float32)
-    if a.max() > 1.5:
-        a = a / 255.0
-    return torch.from_numpy(np.ascontiguousarray(a))
+from matching.dense_sift import to_gray
 
 
 def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:

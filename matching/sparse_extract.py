@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from matching.extract import sort_unique_matches
 from matching.extract import cell_to_pixels
 from matching.sparse_correlation import SparseCorr4d
 
@@ -60,16 +61,7 @@ def extract_sparse_matches(corr: SparseCorr4d, both_directions: bool = True, sof
         b_all.append(cb_best)
         sc.append(s_ab)
     a_t, b_t, scores = torch.cat(a_all), torch.cat(b_all), torch.cat(sc)
-    order = torch.argsort(scores, descending=True, stable=True)
-    a_t, b_t, scores = a_t[order], b_t[order], scores[order]
-    key = a_t * (hb * wb) + b_t
-    if len(key):
-        _, inverse = torch.unique(key, return_inverse=True)
-        pos = torch.arange(len(key), device=key.device)
-        first = torch.full((int(inverse.max()) + 1,), len(key), dtype=torch.long, device=key.device)
-        first = first.scatter_reduce(0, inverse, pos, reduce="amin")
-        keep = torch.sort(first).values
-        a_t, b_t, scores = a_t[keep], b_t[keep], scores[keep]
+    a_t, b_t, scores = sort_unique_matches(a_t, b_t, scores, hb * wb)
     return {"indices0": torch.stack([a_t // wa, a_t % wa], dim=1),
             "indices1": torch.stack([b_t // wb, b_t % wb], dim=1), "scores": scores}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.records import load_rgb
-from localize.cache import StageCache
+from localize.cache import StageCache, file_fingerprint
 from matching.dense_sift import DESCRIPTOR_DIM, dense_rootsift
 from retrieval.netvlad import NetVLAD, kmeans
 
@@ -86,18 +85,6 @@ def find_weights(name: str | Path) -> Path:
     raise FileNotFoundError(
         f"weight file {name} not found (looked in ., {', '.join(DEFAULT_WEIGHTS_DIRS)}); pass --netvlad-weights FILE. "
         "The official NetVLAD weights are Pitts30K_struct.mat / TokyoTM_struct.mat from the NetVLAD project page.")
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """Cheap identity of a file: name, size and a hash of its first and last MiB."""
-    p = Path(path)
-    h = hashlib.sha1(f"{p.name}:{p.stat().st_size}".encode())
-    with open(p, "rb") as f:
-        h.update(f.read(1 << 20))
-        if p.stat().st_size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
 
 
 def images_fingerprint(images: Sequence[tuple[str, Path]]) -> str:
