@@ -1,11 +1,16 @@
-"""Match accuracy of (a) correlation + mutual NN, (b) untrained consensus, (c) trained consensus.
+"""Match accuracy of (a) correlation + mutual NN, (b) untrained consensus, (c) trained consensus (dense NCNet)
+and (d) the same trained weights through Sparse-NCNet.
 
 Fraction of the top-N matches (by score) within 2 / 4 / 8 px of the ground truth, on held-out synthetic
 pairs (a building never used for training; GT from rendered depth + poses) and on real TUM fr1/xyz pairs
-1, 2 and 4 frames apart (GT from depth + poses). Each pair weighs equally.
+1, 2 and 4 frames apart (GT from depth + poses). Each pair weighs equally. (d) runs
+``matching.sparse_match.match_images_sparse`` (top-k correlation both ways, k = ``--sparse-top-k``,
+submanifold consensus, no relocalization) with the same image size, the same top-N and, like (c), no
+refinement; a second table gives (d) - (c) in percentage points per dataset.
 
     python benchmarks/bench_match_accuracy.py [--synthetic-seed 100] [--image-size 320] [--top 200]
-        [--weights matching/weights/ncnet_dense_rootsift.pth.tar] [--tum-pairs 6] [--json out.json]
+        [--weights matching/weights/ncnet_dense_rootsift.pth.tar] [--tum-pairs 6] [--sparse-top-k 10]
+        [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,9 +27,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from matching.evaluate import THRESHOLDS, depth_ground_truth, evaluate_tum, match_accuracy  # noqa: E402
-from matching.match import load_image, match_images  # noqa: E402
-from matching.model import PACKAGED_WEIGHTS, build_ncnet  # noqa: E402
+from matching.evaluate import (
+    THRESHOLDS,
+    depth_ground_truth,
+    evaluate_tum,
+    match_accuracy,
+)
+from matching.match import load_image, match_images
+from matching.model import PACKAGED_WEIGHTS, build_ncnet
+from matching.sparse_match import DEFAULT_COMBINE, DEFAULT_TOP_K, match_images_sparse
+
+DENSE, SPARSE = "(c) trained consensus", "(d) sparse trained"
 
 
 def synthetic_pairs(root: Path, split: str = "both") -> list[tuple[str, str]]:
@@ -86,8 +99,11 @@ def untrained_ncnet(weights: str | Path | None):
     return model.eval()
 
 
-def make_methods(weights: str | Path | None, image_size: int, top: int | None) -> dict:
-    """(a) corr + mutual NN, (b) untrained consensus (fixed-seed random init), (c) trained consensus."""
+def make_methods(weights: str | Path | None, image_size: int, top: int | None, sparse_top_k: int = DEFAULT_TOP_K,
+                 sparse_combine: str = DEFAULT_COMBINE) -> dict:
+    """(a) corr + mutual NN, (b) untrained consensus (fixed-seed random init), (c) trained consensus, (d) the
+    model of (c) through the sparse path (same image size and top-N; neither refines; no relocalization,
+    so both resize to multiples of the feature stride and match on the same grids)."""
     import logging
 
     logging.getLogger("matching.model").setLevel(logging.ERROR)
@@ -97,7 +113,9 @@ def make_methods(weights: str | Path | None, image_size: int, top: int | None) -
     return {
         "(a) corr + mutual NN": lambda a, b: match_images(mutual, a, b, image_size, max_matches=top),
         "(b) untrained consensus": lambda a, b: match_images(untrained, a, b, image_size, max_matches=top),
-        "(c) trained consensus": lambda a, b: match_images(trained, a, b, image_size, max_matches=top),
+        DENSE: lambda a, b: match_images(trained, a, b, image_size, max_matches=top),
+        SPARSE: lambda a, b: match_images_sparse(trained, a, b, image_size, top_k=sparse_top_k, relocalization="none",
+                                                 max_matches=top, combine=sparse_combine),
     }
 
 
@@ -109,6 +127,37 @@ def table(rows: list[tuple[str, str, dict]], thresholds: tuple[float, ...] = THR
         lines.append(f"| {data} | {name} | {r['matches']:.0f} | "
                      + " | ".join(f"{100 * r[f'within_{t:g}px']:.1f}%" for t in thresholds)
                      + f" | {r['median_error']:.1f} |")
+    return "\n".join(lines)
+
+
+def sparse_vs_dense(rows: list[tuple[str, str, dict]], dense: str = DENSE, sparse: str = SPARSE,
+                    thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict]:
+    """Per dataset of ``rows``: (sparse - dense) in percentage points at each threshold, matches, seconds."""
+    by = {(data, name): r for data, name, r in rows}
+    out = []
+    for data in dict.fromkeys(d for d, _, _ in rows):
+        if (data, dense) not in by or (data, sparse) not in by:
+            continue
+        d, s = by[(data, dense)], by[(data, sparse)]
+        row = {"data": data, "matches_dense": d["matches"], "matches_sparse": s["matches"],
+               "seconds_dense": d["seconds"], "seconds_sparse": s["seconds"]}
+        for t in thresholds:
+            k = f"within_{t:g}px"
+            row[f"dense_{k}"], row[f"sparse_{k}"] = 100 * d[k], 100 * s[k]
+            row[f"diff_{k}"] = 100 * (s[k] - d[k])
+        out.append(row)
+    return out
+
+
+def comparison_table(comp: list[dict], thresholds: tuple[float, ...] = THRESHOLDS) -> str:
+    """Markdown table of ``sparse_vs_dense``: dense / sparse % and the difference (points) per threshold."""
+    lines = ["| data | matches dense / sparse | " + " | ".join(f"<= {t:g} px dense / sparse (diff)" for t in thresholds)
+             + " | s/pair dense / sparse |", "|---" * (len(thresholds) + 3) + "|"]
+    for c in comp:
+        cells = [f"{c[f'dense_within_{t:g}px']:.1f}% / {c[f'sparse_within_{t:g}px']:.1f}% "
+                 f"({c[f'diff_within_{t:g}px']:+.1f})" for t in thresholds]
+        lines.append(f"| {c['data']} | {c['matches_dense']:.0f} / {c['matches_sparse']:.0f} | " + " | ".join(cells)
+                     + f" | {c['seconds_dense']:.2f} / {c['seconds_sparse']:.2f} |")
     return "\n".join(lines)
 
 
@@ -124,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gaps", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--image-size", type=int, default=320, help="longer image side for matching")
     ap.add_argument("--top", type=int, default=200, help="evaluate the top-N matches by score (0 = all)")
+    ap.add_argument("--sparse-top-k", type=int, default=DEFAULT_TOP_K, help="(d): top-k of each cell, both ways")
+    ap.add_argument("--sparse-combine", choices=["max", "sum"], default=DEFAULT_COMBINE,
+                    help="(d): entries found both ways keep c ('max') or get 2c ('sum', official code)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-tum", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
@@ -131,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     top = args.top or None
-    methods = make_methods(args.weights, args.image_size, top)
+    methods = make_methods(args.weights, args.image_size, top, args.sparse_top_k, args.sparse_combine)
     rows, out = [], {"args": vars(args)}
     if not args.skip_synthetic:
         from datasets.synthetic import generate
@@ -148,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += [(f"TUM gap {gap}", n, per[gap]) for n, per in res.items()]
     print(f"image size {args.image_size}, top {top or 'all'} matches, weights {args.weights}")
     print(table(rows))
+    comp = sparse_vs_dense(rows)
+    out["sparse_vs_dense"] = comp
+    print(f"\nsparse (d, top-k {args.sparse_top_k}, '{args.sparse_combine}') vs dense (c), same weights: "
+          "% within threshold, (d) - (c) in points")
+    print(comparison_table(comp))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

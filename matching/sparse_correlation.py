@@ -6,14 +6,16 @@ A and (row, col) of a cell of B, sorted by the linear key ((i * wA + j) * hB + k
 correlation is evaluated one chunk of A's cells against all of B's cells at a time (bounded memory).
 
 Top-k correlation (Rocco et al., Sparse-NCNet, ECCV 2020): for each cell of A its k best cells of B and
-for each cell of B its k best cells of A; union; an entry found from both sides has its value summed
-(value 2c), as the official implementation (sum of the two sparse tensors) does.
+for each cell of B its k best cells of A; union. ``combine='sum'``: an entry found from both sides has its
+value summed (value 2c), as the official implementation (sum of the two sparse tensors) does;
+``combine='max'``: each entry keeps c, the dense correlation restricted to the union (what
+``matching.sparse_match`` uses with dense-trained consensus weights).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -45,7 +47,7 @@ class SparseCorr4d:
         """Flat B cell index k * wB + l [N]."""
         return self.coords[:, 2] * self.shape[3] + self.coords[:, 3]
 
-    def with_values(self, values: Tensor) -> "SparseCorr4d":
+    def with_values(self, values: Tensor) -> SparseCorr4d:
         return SparseCorr4d(self.coords, values, self.shape)
 
     def to_dense(self) -> Tensor:
@@ -56,13 +58,13 @@ class SparseCorr4d:
         out[self.keys()] = self.values
         return out.t().reshape(c, ha, wa, hb, wb)
 
-    def transpose(self) -> "SparseCorr4d":
+    def transpose(self) -> SparseCorr4d:
         """T: swap the (iA, jA) and (iB, jB) coordinate pairs (re-sorted)."""
         ha, wa, hb, wb = self.shape
         coords = self.coords[:, [2, 3, 0, 1]]
         return sort_unique(coords, self.values, (hb, wb, ha, wa))
 
-    def to(self, device: torch.device | str) -> "SparseCorr4d":
+    def to(self, device: torch.device | str) -> SparseCorr4d:
         return SparseCorr4d(self.coords.to(device), self.values.to(device), self.shape)
 
 
@@ -175,7 +177,7 @@ def sparse_topk_correlation(feat_a: Tensor, feat_b: Tensor, k: int = 10, combine
 def _assemble(a_idx: Tensor, b_idx: Tensor, val: Tensor, shape: tuple[int, int, int, int],
               combine: str) -> SparseCorr4d:
     """Union of the two directions' entries; duplicates summed ('sum') or kept once ('max')."""
-    ha, wa, hb, wb = shape
+    _, wa, _, wb = shape
     coords = torch.stack([a_idx // wa, a_idx % wa, b_idx // wb, b_idx % wb], dim=1)
     return sort_unique(coords, val[:, None], shape, reduce="sum" if combine == "sum" else "max")
 
@@ -234,5 +236,13 @@ def sparse_mutual_matching(corr: SparseCorr4d, eps: float = 1e-5) -> SparseCorr4
     return corr.with_values(out)
 
 
-__all__ = ["SparseCorr4d", "linear_keys", "keys_to_coords", "sort_unique", "topk_from_blocks",
-           "sparse_topk_correlation", "sparse_topk_correlation_maxpool", "sparse_mutual_matching"]
+__all__ = [
+    "SparseCorr4d",
+    "keys_to_coords",
+    "linear_keys",
+    "sort_unique",
+    "sparse_mutual_matching",
+    "sparse_topk_correlation",
+    "sparse_topk_correlation_maxpool",
+    "topk_from_blocks",
+]

@@ -1,10 +1,18 @@
 """Sparse-NCNet matching of two images with an ``NCNet`` model's features and consensus weights.
 
 Pipeline (Rocco et al., ECCV 2020, in plain PyTorch): features -> [2x2 pooling for relocalization] ->
-top-k sparse correlation (both ways, union, duplicates summed) -> sparse soft mutual NN -> sparse
-consensus (submanifold 4D convs, the dense model's weights) -> sparse soft mutual NN -> matches both
-ways -> [hard relocalization (2x2 argmax at full resolution) -> soft relocalization (3x3 soft-argmax,
-temperature 10)] -> pixels (COLMAP convention: top-left pixel centre (0.5, 0.5), image spans [0, W]).
+top-k sparse correlation (both ways, union) -> sparse soft mutual NN -> sparse consensus (submanifold
+4D convs, the dense model's weights) -> sparse soft mutual NN -> matches both ways -> [hard
+relocalization (2x2 argmax at full resolution) -> soft relocalization (3x3 soft-argmax, temperature
+10)] -> pixels (COLMAP convention: top-left pixel centre (0.5, 0.5), image spans [0, W]).
+
+Union of the two top-k sets: ``combine='max'`` (default) keeps each entry's correlation c once, i.e. the
+sparse tensor is the dense correlation restricted to the union, so the consensus sees at its sites the
+same input values as the dense NCNet whose weights it uses. ``combine='sum'`` is the official code
+(MinkowskiUnion of the two directions: an entry found both ways gets 2c), which its own sparse-trained
+weights expect; with the packaged dense-trained weights it shifts the consensus input (TUM pairs 1-2
+frames apart, 320 px: about 12-16 points fewer matches within 8 px than 'max'; see
+``benchmarks/bench_match_accuracy.py``).
 
 Pooling for relocalization: ``pool='features'`` (default, the official Sparse-NCNet): 2x2 max-pooling of
 the full-resolution features, L2-normalised again, then top-k correlation; ``pool='corr'``: top-k of the
@@ -21,12 +29,22 @@ from torch import Tensor
 from matching.correlation import feature_l2norm
 from matching.match import image_to_tensor, resized_shape
 from matching.sparse_consensus import sparse_neigh_consensus
-from matching.sparse_correlation import (SparseCorr4d, sparse_mutual_matching, sparse_topk_correlation,
-                                         sparse_topk_correlation_maxpool)
-from matching.sparse_extract import extract_sparse_matches, hard_relocalize, matches_to_pixels, soft_relocalize
+from matching.sparse_correlation import (
+    SparseCorr4d,
+    sparse_mutual_matching,
+    sparse_topk_correlation,
+    sparse_topk_correlation_maxpool,
+)
+from matching.sparse_extract import (
+    extract_sparse_matches,
+    hard_relocalize,
+    matches_to_pixels,
+    soft_relocalize,
+)
 
 RELOCALIZATION_MODES = ("none", "hard", "hard+soft")
 DEFAULT_TOP_K = 10
+DEFAULT_COMBINE = "max"
 
 
 def sparse_filter(corr: SparseCorr4d, neigh_consensus) -> SparseCorr4d:
@@ -38,27 +56,29 @@ def sparse_filter(corr: SparseCorr4d, neigh_consensus) -> SparseCorr4d:
 
 
 def sparse_ncnet_features(feat_a: Tensor, feat_b: Tensor, neigh_consensus, top_k: int = DEFAULT_TOP_K,
-                          pool: int = 1, pool_mode: str = "features") -> SparseCorr4d:
+                          pool: int = 1, pool_mode: str = "features", combine: str = DEFAULT_COMBINE) -> SparseCorr4d:
     """Filtered sparse correlation from L2-normalised features [1, C, h, w] (full resolution).
 
-    ``pool`` > 1: matching on the pool x pool pooled grids (``pool_mode`` 'features' or 'corr')."""
+    ``pool`` > 1: matching on the pool x pool pooled grids (``pool_mode`` 'features' or 'corr').
+    ``combine``: 'max' (the dense correlation on the union of the top-k sets) or 'sum' (official code).
+    """
     if pool > 1 and pool_mode == "features":
         feat_a = feature_l2norm(F.max_pool2d(feat_a, pool, pool))
         feat_b = feature_l2norm(F.max_pool2d(feat_b, pool, pool))
-        corr = sparse_topk_correlation(feat_a, feat_b, top_k)
+        corr = sparse_topk_correlation(feat_a, feat_b, top_k, combine)
     elif pool > 1 and pool_mode == "corr":
-        corr = sparse_topk_correlation_maxpool(feat_a, feat_b, top_k, pool)
+        corr = sparse_topk_correlation_maxpool(feat_a, feat_b, top_k, pool, combine)
     elif pool > 1:
         raise ValueError("pool_mode must be 'features' or 'corr'")
     else:
-        corr = sparse_topk_correlation(feat_a, feat_b, top_k)
+        corr = sparse_topk_correlation(feat_a, feat_b, top_k, combine)
     return sparse_filter(corr, neigh_consensus)
 
 
 def sparse_match_features(feat_a: Tensor, feat_b: Tensor, neigh_consensus, size_a: tuple[float, float],
                           size_b: tuple[float, float], top_k: int = DEFAULT_TOP_K,
                           relocalization: str = "hard+soft", pool_mode: str = "features",
-                          temperature: float = 10.0) -> dict[str, Tensor]:
+                          temperature: float = 10.0, combine: str = DEFAULT_COMBINE) -> dict[str, Tensor]:
     """Matches from full-resolution features; keypoints in pixels of images of (H, W) size_a / size_b.
 
     Returns keypoints0 / keypoints1 [N, 2] float64 (x, y), scores [N], indices0 / indices1 [N, 2]
@@ -67,7 +87,7 @@ def sparse_match_features(feat_a: Tensor, feat_b: Tensor, neigh_consensus, size_
     if relocalization not in RELOCALIZATION_MODES:
         raise ValueError(f"relocalization must be one of {RELOCALIZATION_MODES}, got {relocalization!r}")
     pool = 1 if relocalization == "none" else 2
-    corr = sparse_ncnet_features(feat_a, feat_b, neigh_consensus, top_k, pool, pool_mode)
+    corr = sparse_ncnet_features(feat_a, feat_b, neigh_consensus, top_k, pool, pool_mode, combine)
     m = extract_sparse_matches(corr)
     i0, i1 = m["indices0"], m["indices1"]
     if pool > 1:
@@ -84,7 +104,7 @@ def sparse_match_features(feat_a: Tensor, feat_b: Tensor, neigh_consensus, size_
 def match_images_sparse(model, img_a: np.ndarray, img_b: np.ndarray, image_size: int = 400,
                         top_k: int = DEFAULT_TOP_K, relocalization: str = "hard+soft",
                         max_matches: int | None = None, min_score: float = 0.0,
-                        pool_mode: str = "features") -> dict[str, np.ndarray]:
+                        pool_mode: str = "features", combine: str = DEFAULT_COMBINE) -> dict[str, np.ndarray]:
     """Sparse-NCNet match of two H x W x 3 uint8 RGB images -> dict(keypoints0 N x 2, keypoints1 N x 2, scores N).
 
     ``model``: an ``NCNet`` (its ``features`` and ``neigh_consensus``; its own ``relocalization_k`` is
@@ -98,7 +118,7 @@ def match_images_sparse(model, img_a: np.ndarray, img_b: np.ndarray, image_size:
     tb = image_to_tensor(img_b, resized_shape(img_b.shape[0], img_b.shape[1], image_size, mult), device)
     fa, fb = model.features(ta), model.features(tb)
     m = sparse_match_features(fa, fb, model.neigh_consensus, img_a.shape[:2], img_b.shape[:2], top_k,
-                              relocalization, pool_mode)
+                              relocalization, pool_mode, combine=combine)
     keep = m["scores"] >= min_score
     out = {"keypoints0": m["keypoints0"][keep].cpu().numpy(), "keypoints1": m["keypoints1"][keep].cpu().numpy(),
            "scores": m["scores"][keep].float().cpu().numpy()}
@@ -107,5 +127,12 @@ def match_images_sparse(model, img_a: np.ndarray, img_b: np.ndarray, image_size:
     return out
 
 
-__all__ = ["match_images_sparse", "sparse_match_features", "sparse_ncnet_features", "sparse_filter",
-           "RELOCALIZATION_MODES", "DEFAULT_TOP_K"]
+__all__ = [
+    "DEFAULT_COMBINE",
+    "DEFAULT_TOP_K",
+    "RELOCALIZATION_MODES",
+    "match_images_sparse",
+    "sparse_filter",
+    "sparse_match_features",
+    "sparse_ncnet_features",
+]
