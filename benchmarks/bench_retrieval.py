@@ -2,6 +2,8 @@
 
     python benchmarks/bench_retrieval.py [--sections speed,tum,synthetic,index] [--syn-size small]
         [--syn-dir /tmp/retrieval_bench/syn] [--threads 1] [--json out.json]
+        [--index-n 1000000] [--index-nq 100] [--index-nprobe 1,8,32,128] [--index-nlist 1024]
+        [--index-kinds ivfsq8] [--index-dir /tmp]
 
 * speed: global descriptors/s (weight-free default on TUM 640x480 frames; official VGG16-NetVLAD
   architecture with random weights, for scale).
@@ -11,8 +13,16 @@
   co-visibility (``datasets.synthetic.view_covisibility``) >= 0.3; recall@1/5/10 for the weight-free
   default and for the NetVLAD layer trained (``retrieval.train``) on the generator's ``train/``
   building (a different building: no test leakage).
-* index: search time for 10k x 4096-D and 1M x 256-D database vectors (1M x 4096 float32 is 16 GB,
-  too much on the shared box, so the 1M case is PCA-reduced-sized), flat vs IVF, recall@10 of IVF vs exact.
+* index: 4096-D search at 10k and ``--index-n`` (default 1M) database vectors. The database is
+  ``retrieval.scale.SyntheticDescriptors`` (overlapping Gaussian mixture, decaying spectrum, unit
+  norm), generated block by block into a float16 ``np.memmap`` under ``--index-dir`` (8 GB at 1M;
+  float32 in RAM would be 16 GB), deleted afterwards. Queries (``--index-nq``) are database rows
+  perturbed to cosine ~0.9. Measured: exact top-10 by streaming the memmap in float32 chunks
+  (``retrieval.scale.exact_search_chunked``), ms/query for the whole batch and for single queries;
+  faiss flat in RAM where float32 fits in 2 GB (10k); IVF (``retrieval.index.GlobalIndex``, default
+  ``ivfsq8``: 8-bit scalar-quantised codes, 4 GB at 1M) trained on 64 rows per list, added in
+  chunks: train/add time, index file size, then per nprobe ms/query (batch, single) and recall@10
+  against the exact top-10; peak RSS of the process. ``--threads`` also sets faiss's OpenMP threads.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import argparse
 import functools
 import json
 import logging
+import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from localize.geometry import pose_error  # noqa: E402
+from localize.geometry import pose_error
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS: dict = {}
@@ -131,49 +143,105 @@ def bench_synthetic(size: str, root: Path, train_epochs: int) -> None:
         print(f"synthetic {size} trained:", json.dumps(RESULTS[f"synthetic-{size}/trained"]))
 
 
-def _clustered(n: int, d: int, n_clusters: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:
-    """n L2-normalised float32 vectors around n_clusters random centres (seed 0) (a stand-in for global descriptors)."""
-    centres = np.random.default_rng(0).standard_normal((n_clusters, d)).astype(np.float32)
-    out = np.empty((n, d), np.float32)
-    for s in range(0, n, chunk):
-        m = min(chunk, n - s)
-        x = centres[rng.integers(0, n_clusters, m)] + 0.7 * rng.standard_normal((m, d)).astype(np.float32)
-        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def bench_index() -> None:
-    """Flat vs IVF search time and IVF recall@10 vs exact at 10k x 4096-D and 1M x 256-D."""
+def _time_search(search, q: np.ndarray, n_single: int) -> tuple[float, float, np.ndarray]:
+    """(ms/query for the whole batch, ms/query one query at a time on the first n_single, ids of the batch)."""
+    t = time.perf_counter()
+    _, ids = search(q)
+    batch = 1e3 * (time.perf_counter() - t) / len(q)
+    t = time.perf_counter()
+    for j in range(n_single):
+        search(q[j:j + 1])
+    return batch, 1e3 * (time.perf_counter() - t) / n_single, ids
+
+
+def _index_case(n: int, d: int, nq: int, nprobes: list[int], nlist: int, kinds: list[str], chunk: int,
+                work: Path, flat_ram_gb: float = 2.0) -> dict:
+    """One database size: float16 memmap on disk, exact streamed search, in-RAM flat if small, IVF nprobe sweep."""
+    from retrieval import scale
     from retrieval.index import GlobalIndex, build_index
 
-    rng = np.random.default_rng(0)
-    for n, d, nlist, nq in ((10_000, 4096, 100, 100), (1_000_000, 256, 1024, 100)):
-        db = _clustered(n, d, max(50, n // 500), rng)
-        q = _clustered(nq, d, max(50, n // 500), np.random.default_rng(1))  # fresh draws, not near-duplicates
+    k, rng = 10, np.random.default_rng(0)
+    path = work / f"db_{n}x{d}.f16"
+    t = time.perf_counter()
+    db = scale.write_rows(path, scale.SyntheticDescriptors(dim=d, seed=0).chunks(n))
+    row = {"n": n, "dim": d, "float16 memmap GB": path.stat().st_size / 2 ** 30,
+           "generate+write s": time.perf_counter() - t, "queries": nq}
+    # queries: perturbed database rows (cos ~0.9 to their source), so the exact top-10 is a real neighbourhood
+    src = np.sort(rng.choice(n, nq, replace=False))
+    q = np.asarray(db[src], dtype=np.float32)
+    noise = rng.standard_normal(q.shape).astype(np.float32)
+    q += 0.5 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+
+    n_single = 20 if n * d <= 10 ** 9 else 3  # streaming the whole file per query is slow at 1 M
+    b, one, exact = _time_search(functools.partial(scale.exact_search_chunked, db, k=k, chunk=chunk), q,
+                                   n_single)
+    row.update({"exact streamed (float16 memmap, float32 chunks) ms/query batch": b,
+                "exact streamed ms/query single": one, "exact top-1 is the perturbed source": float(
+                    np.mean(exact[:, 0] == src))})
+    if n * d * 4 <= flat_ram_gb * 2 ** 30:  # in-RAM float32 flat only where it fits (1 M x 4096 would be 16 GB)
+        x = np.concatenate([c for _, c in scale.iter_row_chunks(db, chunk)])
         t = time.perf_counter()
-        flat = build_index(db, "flat")
-        t_build_flat = time.perf_counter() - t
+        flat = build_index(x, "flat", use_gpu=False)
+        row["flat (faiss IndexFlatIP, in RAM) build s"] = time.perf_counter() - t
+        b, one, ids = _time_search(functools.partial(flat.search, k=k), q, 20)
+        row.update({"flat ms/query batch": b, "flat ms/query single": one,
+                    "flat top-10 == exact streamed": bool(np.array_equal(ids, exact))})
+        del x, flat
+    else:
+        row["flat in RAM"] = f"skipped: float32 would need {n * d * 4 / 2 ** 30:.1f} GB"
+    nlist = min(nlist, max(1, n // 39))
+    for kind in kinds:
+        ivf = GlobalIndex(d, kind, nlist=nlist, use_gpu=False, backend="faiss")
+        n_train = min(n, 64 * nlist)  # rows are i.i.d., so the first ones are a fair sample
         t = time.perf_counter()
-        _, exact = flat.search(q, 10)
-        t_flat = (time.perf_counter() - t) / nq
-        ivf = GlobalIndex(d, "ivf", nlist=nlist)
+        sample = []
+        for s, c in scale.iter_row_chunks(db, chunk):
+            sample.append(c[:n_train - s])
+            if s + len(c) >= n_train:
+                break
+        ivf.train(np.concatenate(sample))
+        del sample
+        t_train = time.perf_counter() - t
         t = time.perf_counter()
-        ivf.train(db[rng.choice(n, min(n, 100 * nlist), replace=False)])
-        ivf.add(db)
-        t_build_ivf = time.perf_counter() - t
-        row = {"flat build s": t_build_flat, "flat ms/query": 1e3 * t_flat, "ivf nlist": nlist,
-               "ivf build s": t_build_ivf}
-        for nprobe in (1, 8, 32):
+        for _, x in scale.iter_row_chunks(db, chunk):
+            ivf.add(x)
+        del x
+        t_add = time.perf_counter() - t
+        saved = ivf.save(work / f"{kind}.faiss")
+        r = {"nlist": nlist, "train rows": n_train, "train s": t_train, "add s": t_add,
+             "build s": t_train + t_add, "index file GB": saved.stat().st_size / 2 ** 30}
+        saved.unlink()
+        for nprobe in nprobes:
             ivf.set_nprobe(nprobe)
-            t = time.perf_counter()
-            _, got = ivf.search(q, 10)
-            dt = (time.perf_counter() - t) / nq
-            rec = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)]))
-            row[f"ivf nprobe={nprobe} ms/query"] = 1e3 * dt
-            row[f"ivf nprobe={nprobe} recall@10 vs exact"] = rec
-        RESULTS[f"index/{n}x{d}"] = row
-        print(f"index {n} x {d}:", json.dumps(row))
-        del db, flat, ivf
+            b, one, ids = _time_search(functools.partial(ivf.search, k=k), q, 20)
+            r[f"nprobe={nprobe}"] = {"ms/query batch": b, "ms/query single": one,
+                                     "recall@10 vs exact": float(np.mean(
+                                         [len(set(a) & set(e)) / k for a, e in zip(ids, exact)]))}
+        row[kind] = r
+        del ivf
+    row["peak RSS GB (process, so far)"] = _peak_rss_gb()
+    del db
+    path.unlink()
+    return row
+
+
+def bench_index(n_big: int = 1_000_000, nq: int = 100, nprobes: tuple[int, ...] = (1, 8, 32, 128),
+                nlist: int = 1024, kinds: tuple[str, ...] = ("ivfsq8",), chunk: int = 50_000,
+                work: Path | None = None) -> None:
+    """Flat vs IVF search time and IVF recall@10 vs exact, 4096-D, at 10k and n_big database vectors."""
+    work = Path(tempfile.mkdtemp(prefix="bench_index_", dir=work))
+    try:
+        for n in dict.fromkeys((10_000, n_big)):
+            row = _index_case(n, 4096, nq, list(nprobes), nlist, list(kinds), chunk, work)
+            RESULTS[f"index/{n}x4096"] = row
+            print(f"index {n} x 4096:", json.dumps(row, indent=1), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -185,9 +253,20 @@ def main(argv=None) -> int:
     ap.add_argument("--train-epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--index-n", type=int, default=1_000_000, help="index: size of the big database (4096-D)")
+    ap.add_argument("--index-nq", type=int, default=100, help="index: queries per batch")
+    ap.add_argument("--index-nprobe", default="1,8,32,128")
+    ap.add_argument("--index-nlist", type=int, default=1024, help="index: IVF lists (at most n // 39)")
+    ap.add_argument("--index-kinds", default="ivfsq8", help="index: IVF kinds of retrieval.index (ivf,ivfsq8,ivfpq)")
+    ap.add_argument("--index-dir", type=Path, default=None,
+                    help="index: where the float16 memmap goes (default: the temp dir; 8 GB at 1 M), deleted after")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    if "index" in args.sections.split(","):
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
     secs = args.sections.split(",")
     if "speed" in secs and (DATA / "tum_fr1_xyz").exists():
         bench_speed()
@@ -196,7 +275,8 @@ def main(argv=None) -> int:
     if "synthetic" in secs:
         bench_synthetic(args.syn_size, args.syn_dir, args.train_epochs)
     if "index" in secs:
-        bench_index()
+        bench_index(args.index_n, args.index_nq, tuple(int(p) for p in args.index_nprobe.split(",")),
+                    args.index_nlist, tuple(args.index_kinds.split(",")), work=args.index_dir)
     if args.json:
         args.json.write_text(json.dumps(RESULTS, indent=1))
     print(json.dumps(RESULTS, indent=1))

@@ -20,6 +20,10 @@ rows with their global ids; each shard is an ordinary index file that can be bui
 own machine (e.g. one Ray task or actor per shard). A query is sent to every shard and the per-shard
 top-k lists are merged by score (``search_shards``, or ``faiss.IndexShards`` in one process). With
 the same trained quantiser and codebooks, the merged result equals the single-index result exactly.
+
+Raw descriptors too large for RAM (1 M x 4096 float32 = 16 GB) can live on disk as a float16
+``np.memmap`` (``write_rows``), be read back in float32 chunks (``iter_row_chunks``, e.g. to ``add``
+them to an index) and searched exactly by streaming (``exact_search_chunked``: ground truth for IVF recall).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -225,6 +229,56 @@ def search_shards(paths: Sequence[str | Path], queries: np.ndarray, k: int, npro
         results.append(search(index, queries, k))
         del index
     return merge_topk(results, k)
+
+
+# ----------------------------------------------------------------------------- on-disk row arrays
+def write_rows(path: str | Path, chunks: Iterable[np.ndarray], dtype: np.dtype | type = np.float16) -> np.memmap:
+    """Append row chunks [n_i, D] to a raw ``dtype`` file chunk by chunk; returns it as a read-only np.memmap [N, D]."""
+    n, d = 0, None
+    with open(path, "wb") as f:
+        for x in chunks:
+            x = np.ascontiguousarray(x, dtype=dtype)
+            if x.ndim != 2 or (d is not None and x.shape[1] != d):
+                raise ValueError(f"expected row chunks [n, {d or 'D'}], got {x.shape}")
+            d = x.shape[1]
+            x.tofile(f)
+            n += len(x)
+    if not n:
+        raise ValueError(f"no rows written to {path}")
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n, d))
+
+
+def iter_row_chunks(db: np.ndarray, chunk: int = 50_000) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows [m, D] float32) of db [N, D] in chunks; a whole np.memmap is read with np.fromfile, never mapped in."""
+    import mmap
+
+    import torch
+
+    n, d = db.shape
+    from_file = isinstance(db, np.memmap) and isinstance(db.base, mmap.mmap) and db.flags.c_contiguous
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        if from_file:  # plain reads: resident pages do not pile up in this process's RSS as a mapping would
+            x = np.fromfile(db.filename, dtype=db.dtype, count=m * d,
+                            offset=db.offset + s * d * db.dtype.itemsize).reshape(m, d)
+        else:
+            x = np.array(db[s:s + m])
+        yield s, x if x.dtype == np.float32 else torch.from_numpy(x).float().numpy()  # torch converts f16 ~2x faster
+
+
+def exact_search_chunked(db: np.ndarray, queries: np.ndarray, k: int, chunk: int = 50_000
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over db [N, D] (e.g. a float16 np.memmap) streamed as float32 chunks: (scores, ids)."""
+    import torch
+
+    from retrieval.index import exact_search
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
+    for s, x in iter_row_chunks(db, chunk):
+        sc, ids = exact_search(torch.from_numpy(x), q, k, chunk=len(x))
+        best = merge_topk([best, (sc, ids + s)], k)
+    return best
 
 
 # ----------------------------------------------------------------------------- from the descriptor cache

@@ -39,10 +39,10 @@ def test_flat_and_fallback_same_neighbours(monkeypatch):
     s2, i2 = idx.search(q, 10)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
-    s3, i3 = exact_search(db, q, 10, chunk=700)  # chunked merge gives the same result
+    _s3, i3 = exact_search(db, q, 10, chunk=700)  # chunked merge gives the same result
     np.testing.assert_array_equal(i1, i3)
     # IVF falls back to exact search without faiss
-    s4, i4 = build_index(db, "ivf").search(q, 10)
+    _s4, i4 = build_index(db, "ivf").search(q, 10)
     np.testing.assert_array_equal(i1, i4)
 
 
@@ -59,7 +59,7 @@ def test_ivf_path_runs_and_recalls(tmp_path):
     exact = build_index(db).search(q, 10)[1]
     ivf = build_index(db, "ivf", nlist=32, nprobe=8)
     assert ivf.kind == "ivf" and ivf.is_trained and ivf.ntotal == 4000
-    s, i = ivf.search(q, 10)
+    _s, i = ivf.search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, exact)])
     assert recall > 0.8
     path = ivf.save(tmp_path / "ivf.faiss")
@@ -73,3 +73,19 @@ def test_ivf_path_runs_and_recalls(tmp_path):
 def test_gpu_only_when_faiss_sees_one():
     idx = GlobalIndex(8, use_gpu=True)
     assert idx.use_gpu == index_mod.gpu_available()
+
+
+@pytest.mark.skipif(index_mod.faiss is None, reason="faiss not installed")
+def test_ivfsq8_matches_numpy_exact_when_all_lists_probed(tmp_path):
+    db, q = _data(n=2000, d=64)
+    sim = q @ db.T
+    ref = np.argsort(-sim, axis=1, kind="stable")[:, :10]
+    sq = build_index(db, "ivfsq8", nlist=16, nprobe=16)
+    assert sq.kind == "ivfsq8" and sq.ntotal == 2000
+    s, i = sq.search(q, 10)
+    assert np.mean(i[:, 0] == ref[:, 0]) == 1.0  # 8-bit codes keep the nearest neighbour
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ref)]) > 0.9
+    assert np.abs(s - np.take_along_axis(sim, i, 1)).max() < 0.02  # scores within the 8-bit quantisation error
+    again = GlobalIndex.load(sq.save(tmp_path / "sq.faiss"), nprobe=16)
+    assert again.kind == "ivfsq8"
+    np.testing.assert_array_equal(again.search(q, 10)[1], i)

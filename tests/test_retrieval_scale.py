@@ -7,9 +7,9 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from localize.cache import StageCache  # noqa: E402
-from retrieval import scale  # noqa: E402
-from retrieval.index import exact_search  # noqa: E402
+from localize.cache import StageCache
+from retrieval import scale
+from retrieval.index import exact_search
 
 DIM, N = 128, 2000
 
@@ -45,7 +45,7 @@ def test_chunked_build_from_cache_mmap_and_recall(tmp_path):
 
     got = [(ns, c) for ns, c in scale.iter_cached_descriptors(cache, "db", chunk_size=300)]
     assert [len(ns) for ns, _ in got] == [300] * 6 + [200]
-    assert sum((ns for ns, _ in got), []) == names
+    assert [n for ns, _ in got for n in ns] == names
     assert np.array_equal(np.concatenate([c for _, c in got]), x)
 
     idx_path, names_path = scale.build_from_cache(cache, tmp_path / "db.ivfpq", conf(), chunk_size=300)
@@ -53,7 +53,7 @@ def test_chunked_build_from_cache_mmap_and_recall(tmp_path):
     index = scale.load_index(idx_path, mmap=True, nprobe=16)
     assert index.ntotal == N and scale.ivf_of(index).nlist == 16
     q = _rows(64, stream=2)
-    s, ids = scale.search(index, q, 10)
+    _s, ids = scale.search(index, q, 10)
     _, ids_exact = exact_search(x, q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ids_exact)])
     assert recall > 0.5, recall  # PCA 128->64 and 20-byte PQ codes on overlapping clusters
@@ -87,3 +87,22 @@ def test_merge_topk_handles_missing_hits():
     s, i = scale.merge_topk([a, b], 4)
     assert i.tolist() == [[3, 10, 11, 1]]
     assert np.allclose(s, [[0.9, 0.7, 0.6, 0.5]])
+
+
+def test_float16_memmap_rows_stream_and_exact_search_match_numpy(tmp_path):
+    x = _rows(1000)
+    db = scale.write_rows(tmp_path / "db.f16", [x[:300], x[300:]])
+    assert isinstance(db, np.memmap) and db.shape == x.shape and db.dtype == np.float16
+    x16 = x.astype(np.float16).astype(np.float32)  # what the file holds
+    chunks = list(scale.iter_row_chunks(db, chunk=128))
+    assert [s for s, _ in chunks] == list(range(0, 1000, 128))
+    assert all(c.dtype == np.float32 for _, c in chunks)
+    assert np.array_equal(np.concatenate([c for _, c in chunks]), x16)
+    assert np.array_equal(np.concatenate([c for _, c in scale.iter_row_chunks(db[100:], 300)]), x16[100:])  # a view
+
+    q = _rows(20, stream=2)
+    s, ids = scale.exact_search_chunked(db, q, 10, chunk=128)
+    sim = q @ x16.T
+    ref = np.argsort(-sim, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(ids, ref)
+    assert np.allclose(s, np.take_along_axis(sim, ref, 1), atol=1e-5)
