@@ -19,8 +19,11 @@ from localize.formats import atomic_write, write_poses, write_query_list
 from localize.geometry import Camera, Pose, depth_to_world
 
 TUM_DEPTH_SCALE = 5000.0
-# fr1 calibrated RGB pinhole (distortion ignored) and TUM's default for registered depth
+# fr1 calibrated RGB camera: pinhole part only (distortion ignored), the full OpenCV model with its
+# radial/tangential distortion (k1 k2 p1 p2 k3), and TUM's default pinhole for the registered depth
 TUM_FR1_CALIBRATED = Camera("PINHOLE", 640, 480, (517.306408, 516.469215, 318.643040, 255.313989))
+TUM_FR1_DISTORTED = Camera("FULL_OPENCV", 640, 480, (517.306408, 516.469215, 318.643040, 255.313989,
+                                                     0.262383, -0.953104, -0.005358, 0.002628, 1.163314, 0.0, 0.0, 0.0))
 TUM_DEFAULT = Camera("PINHOLE", 640, 480, (525.0, 525.0, 319.5, 239.5))
 MAX_ASSOC_DT = 0.02
 
@@ -47,7 +50,8 @@ def _read_rows(path: Path) -> list[list[str]]:
 
 
 def read_intrinsics_file(path: str | Path) -> Camera:
-    """Read 'fx/fy/cx/cy value' lines (the shared intrinsics.txt) as a 640x480 PINHOLE camera."""
+    """Read 'name value' lines (the shared intrinsics.txt) as a 640x480 camera: FULL_OPENCV when
+    distortion k1 k2 p1 p2 [k3] is given, else PINHOLE."""
     vals = {}
     for tok in _read_rows(Path(path)):
         if len(tok) == 2:
@@ -55,7 +59,11 @@ def read_intrinsics_file(path: str | Path) -> Camera:
                 vals[tok[0]] = float(tok[1])
             except ValueError:
                 pass
-    return Camera("PINHOLE", 640, 480, (vals["fx"], vals["fy"], vals["cx"], vals["cy"]))
+    pin = (vals["fx"], vals["fy"], vals["cx"], vals["cy"])
+    if all(k in vals for k in ("k1", "k2", "p1", "p2")):
+        dist = tuple(vals[k] for k in ("k1", "k2", "p1", "p2")) + (vals.get("k3", 0.0), 0.0, 0.0, 0.0)
+        return Camera("FULL_OPENCV", 640, 480, pin + dist)
+    return Camera("PINHOLE", 640, 480, pin)
 
 
 def interpolate_trajectory(stamps: np.ndarray, txyz: np.ndarray, qxyzw: np.ndarray, t: float,
@@ -113,12 +121,14 @@ def frame_name(frame: TumFrame) -> str:
 
 def read_tum(root: str | Path, camera: Camera | str = "calibrated",
              frames: list[TumFrame] | None = None) -> list[DbImage]:
-    """TUM frames as DbImage records; camera 'calibrated' (fr1 pinhole), 'default' (525) or a Camera."""
+    """TUM frames as DbImage records; camera 'calibrated' (fr1 pinhole), 'distorted' (fr1 with its
+    distortion), 'default' (525) or a Camera."""
     root = Path(root)
-    cam = {"calibrated": TUM_FR1_CALIBRATED, "default": TUM_DEFAULT}.get(camera, camera) \
+    cam = {"calibrated": TUM_FR1_CALIBRATED, "distorted": TUM_FR1_DISTORTED,
+           "default": TUM_DEFAULT}.get(camera, camera) \
         if isinstance(camera, str) else camera
     if not isinstance(cam, Camera):
-        raise ValueError(f"unknown TUM camera {camera!r}: use 'calibrated', 'default' or a Camera")
+        raise ValueError(f"unknown TUM camera {camera!r}: use 'calibrated', 'distorted', 'default' or a Camera")
     frames = read_tum_frames(root) if frames is None else frames
     out = []
     for fr in frames:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from datasets.records import DbImage
+from datasets.records import DbImage, load_rgb
 from localize.cache import StageCache, file_fingerprint
 from localize.formats import PoseEntry, atomic_write, write_poses
 from localize.geometry import Pose
@@ -36,7 +36,8 @@ logger = logging.getLogger("localize.run")
 CONFS: dict[str, dict[str, Any]] = {
     # built-in weights, CPU-friendly sizes
     "default": {
-        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 10},
+        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 40},
+        "rerank": {"enabled": True, "image_size": 320, "max_error_cells": 1.5},
         "matching": {"features": "dense-rootsift", "image_size": 320, "relocalize": False, "refine": True,
                      "weights": None, "max_matches": 2000, "num_pairs": 5},
         "pose": {"top_n": 10, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0,
@@ -46,7 +47,8 @@ CONFS: dict[str, dict[str, Any]] = {
     },
     # smaller images, fewer pairs, no DensePV
     "fast": {
-        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 5},
+        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 20},
+        "rerank": {"enabled": True, "image_size": 240, "max_error_cells": 1.5},
         "matching": {"features": "dense-rootsift", "image_size": 240, "relocalize": False, "refine": True,
                      "weights": None, "max_matches": 1500, "num_pairs": 5},
         "pose": {"top_n": 5, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0,
@@ -58,6 +60,7 @@ CONFS: dict[str, dict[str, Any]] = {
     # NetVLAD Pitts30K top-100 -> top-10 after re-ranking, DensePV at 1/8 of the query size
     "inloc-ncnet": {
         "retrieval": {"method": "netvlad-pitts30k", "top_k": 100},
+        "rerank": {"enabled": True, "image_size": 480, "max_error_cells": 1.5},
         "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
                      "weights": "REQUIRED: --ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000,
                      "num_pairs": 10},
@@ -68,6 +71,7 @@ CONFS: dict[str, dict[str, Any]] = {
     # Sparse-NCNet (ECCV 2020) at InLoc resolution: top-10 sparse correlation, hard+soft relocalization
     "inloc-sparse-ncnet": {
         "retrieval": {"method": "netvlad-pitts30k", "top_k": 100},
+        "rerank": {"enabled": True, "image_size": 480, "max_error_cells": 1.5},
         "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
                      "sparse": True, "top_k": 10, "reloc_mode": "hard+soft",
                      "weights": "REQUIRED: --ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000,
@@ -104,6 +108,7 @@ class QueryLog:
 
     name: str
     shortlist: list[tuple[str, float]] = field(default_factory=list)
+    reranked: list[tuple[str, int]] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
     chosen_db: str | None = None
     pose: Pose | None = None
@@ -119,6 +124,7 @@ class QueryLog:
         """JSON object of log.jsonl."""
         d: dict[str, Any] = {"query": self.name, "status": "ok" if self.pose is not None else "failed",
                              "shortlist": [[n, round(float(s), 6)] for n, s in self.shortlist],
+                             "reranked": [[n, int(v)] for n, v in self.reranked],
                              "candidates": self.candidates, "chosen_db": self.chosen_db, "errors": self.errors,
                              "time_s": {k: round(v, 4) for k, v in self.times.items()}}
         if self.pose is not None:
@@ -145,18 +151,27 @@ def stage_retrieval(conf: dict, database: dict[str, DbImage], queries: list[Quer
             if q.name not in results:
                 logs[q.name].fail("retrieval", f"cannot read or describe query image {q.path}")
                 continue
-            lst = results[q.name]
-            cache.put(q.name, {"db_names": json.dumps([n for n, _ in lst]),
-                               "scores": np.array([s for _, s in lst], dtype=np.float64), "time_s": np.float64(dt)})
+            _put_ranked(cache, q.name, results[q.name], "scores", dt)
         cache.finalize()
     out = {}
     for q in queries:
         if cache.has(q.name):
-            e = cache.get(q.name)
-            out[q.name] = list(zip(json.loads(e["db_names"]), e["scores"].tolist()))
+            out[q.name], logs[q.name].times["retrieval"] = _get_ranked(cache, q.name, "scores")
             logs[q.name].shortlist = out[q.name]
-            logs[q.name].times["retrieval"] = float(e["time_s"])
     return cache, out
+
+
+def _put_ranked(cache: StageCache, name: str, ranked: Sequence[tuple[str, float]], value_key: str,
+                seconds: float) -> None:
+    """Store a ranked list [(db name, value)] of one query (names as JSON, values as an array)."""
+    cache.put(name, {"db_names": json.dumps([n for n, _ in ranked]),
+                     value_key: np.array([v for _, v in ranked], dtype=np.float64), "time_s": np.float64(seconds)})
+
+
+def _get_ranked(cache: StageCache, name: str, value_key: str) -> tuple[list[tuple[str, float]], float]:
+    """A ranked list stored by ``_put_ranked`` and its seconds."""
+    e = cache.get(name)
+    return list(zip(json.loads(e["db_names"]), e[value_key].tolist())), float(e["time_s"])
 
 
 def stage_matching(conf: dict, database: dict[str, DbImage], queries: list[Query], shortlists: dict,
@@ -278,6 +293,41 @@ def choose_poses(queries: list[Query], pcache: StageCache, dcache: StageCache, d
     return out
 
 
+def stage_rerank(conf: dict, database: dict[str, DbImage], queries: list[Query], shortlists: dict,
+                 scache: StageCache, export_dir: Path, device: str,
+                 logs: dict[str, QueryLog]) -> tuple[StageCache, dict]:
+    """Spatial verification of each shortlist (``retrieval.rerank``), cached per query.
+
+    Returns (cache, {query: [(db, inliers)]}), best first; queries without a camera keep the retrieval order.
+    """
+    from retrieval.rerank import RerankConfig, ShortlistVerifier, rerank
+
+    rconf = RerankConfig(**{k: v for k, v in conf.items() if k != "enabled"})
+    cache = StageCache(export_dir, "rerank", conf, depends=[scache])
+    todo = [q for q in queries if q.name in shortlists and not cache.has(q.name)]
+    if todo:
+        verifier = ShortlistVerifier(rconf, database, device)
+        for q in tqdm(todo, desc="re-ranking", unit="query"):
+            if q.camera is None:
+                continue
+            t0 = time.time()
+            try:
+                inl = verifier.inliers(load_rgb(q.path), q.camera, [n for n, _ in shortlists[q.name]])
+            except Exception as e:  # noqa: BLE001 - the query is reported, the run goes on
+                logs[q.name].fail("rerank", f"{q.path}: {e}")
+                continue
+            _put_ranked(cache, q.name, rerank(shortlists[q.name], inl), "inliers", time.time() - t0)
+        cache.finalize()
+    out = {}
+    for q in queries:
+        if cache.has(q.name):
+            out[q.name], logs[q.name].times["rerank"] = _get_ranked(cache, q.name, "inliers")
+            logs[q.name].reranked = [(n, int(v)) for n, v in out[q.name]]
+        elif q.name in shortlists:
+            out[q.name] = shortlists[q.name]
+    return cache, out
+
+
 # ----------------------------------------------------------------------------- run
 @dataclass
 class RunSummary:
@@ -310,6 +360,9 @@ def main(conf: dict, query_dir: str | Path, db: str | Path, export_dir: str | Pa
     dataset_id = {"db": str(Path(db).resolve()), "db_format": db_format, "queries": str(Path(query_dir).resolve())}
     top_k = int(conf["retrieval"]["top_k"])
     scache, shortlists = stage_retrieval(conf["retrieval"], database, valid, export_dir, dataset_id, device, logs)
+    if conf.get("rerank", {}).get("enabled", False):
+        scache, shortlists = stage_rerank(conf["rerank"], database, valid, shortlists, scache, export_dir, device,
+                                          logs)
     mtop = min(top_k, int(conf["matching"]["num_pairs"]))  # shortlisted images matched per query
     mcache = stage_matching(conf["matching"], database, valid, shortlists, mtop, export_dir, dataset_id, device, logs,
                             executor)
@@ -345,7 +398,7 @@ def main(conf: dict, query_dir: str | Path, db: str | Path, export_dir: str | Pa
 
 def print_summary(s: RunSummary, logs: dict[str, QueryLog], seconds: float) -> None:
     """Summary table: counts, mean time per stage, failed queries with reasons."""
-    stages = ["retrieval", "matching", "pose", "densepv"]
+    stages = ["retrieval", "rerank", "matching", "pose", "densepv"]
     mean = {st: np.mean([L.times[st] for L in logs.values() if st in L.times] or [0.0]) for st in stages}
     print(f"\nlocalized {s.num_localized}/{s.num_queries} queries in {seconds:.1f} s "
           f"(mean s/query: " + ", ".join(f"{st} {mean[st]:.3f}" for st in stages) + ")")

@@ -4,7 +4,7 @@ CLI::
 
     python -m retrieval.shortlist --db DB [--db-format rgbd|tum|inloc] --queries DIR|LIST [--query-dir DIR]
         [--top-k 40] --out pairs.txt [--export-dir DIR] [--conf NAME] [--netvlad-weights FILE]
-        [--index flat|ivf|ivfpq] [--nprobe 16] [--device cpu|cuda]
+        [--index flat|ivf|ivfsq8|ivfpq] [--nprobe 16] [--device cpu|cuda]
 
 writes ``query_name db_name score`` lines, best first per query (``localize.formats.write_pairs``).
 """
@@ -154,7 +154,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-dir", default=None, help="cache folder (default: next to --out)")
     p.add_argument("--conf", default="dense-rootsift-vlad", choices=sorted(CONFS))
     p.add_argument("--netvlad-weights", default=None, help="weight file (official .mat or retrieval.train checkpoint)")
-    p.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    p.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq8", "ivfpq"])
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0,

@@ -14,18 +14,18 @@ from localize.formats import read_poses
 
 
 def test_tum_reduced_split_centimetre_accuracy(tum_root, tmp_path):
-    from datasets.tum import TUM_FR1_CALIBRATED, export_rgbd_folder, read_tum_frames
+    from datasets.tum import TUM_FR1_DISTORTED, export_rgbd_folder, read_tum_frames
     from localize.formats import write_query_list
 
     frames = read_tum_frames(tum_root)[20:40]
-    db = export_rgbd_folder(tum_root, tmp_path / "db", frames[0::2])
+    db = export_rgbd_folder(tum_root, tmp_path / "db", frames[0::2], camera="distorted")
     qdir = tmp_path / "queries"
     qdir.mkdir()
     queries = frames[1::2][1::3]  # 4 queries spread over the range
     cams = {}
     for f in queries:
         shutil.copyfile(tum_root / f.rgb_file, qdir / Path(f.rgb_file).name)
-        cams[Path(f.rgb_file).name] = TUM_FR1_CALIBRATED
+        cams[Path(f.rgb_file).name] = TUM_FR1_DISTORTED
     write_query_list(tmp_path / "queries.txt", cams)
     conf = copy.deepcopy(runmod.CONFS["default"])
     conf["retrieval"]["top_k"] = 3

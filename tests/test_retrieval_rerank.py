@@ -1,0 +1,94 @@
+"""Shortlist spatial verification (retrieval.rerank): mutual NN, cell centres, re-ranking, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.rerank import RerankConfig, ShortlistVerifier, cell_centers, mutual_nn, rerank
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mutual_nn_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(16, 37, generator=g), dim=0)
+    b = torch.nn.functional.normalize(torch.randn(16, 29, generator=g), dim=0)
+    ia, ib = mutual_nn(a, b)
+    s = (a.T @ b).numpy()
+    expect = [(i, int(np.argmax(s[i]))) for i in range(37) if int(np.argmax(s[:, int(np.argmax(s[i]))])) == i]
+    assert sorted(zip(ia.tolist(), ib.tolist())) == sorted(expect)
+    assert len(expect) > 0
+
+
+def test_cell_centers_cover_the_image_in_colmap_convention():
+    # a 2 x 4 grid on a 40 x 80 image: cells are 20 x 20 px, centres at 10, 30, ...
+    xy = cell_centers(np.arange(8), (2, 4), (40, 80))
+    assert np.allclose(xy[0], [10, 10]) and np.allclose(xy[3], [70, 10]) and np.allclose(xy[4], [10, 30])
+
+
+def test_rerank_sorts_by_inliers_and_keeps_retrieval_order_on_ties():
+    short = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
+    out = rerank(short, {"a": 5, "b": 40, "c": 5, "d": 0})
+    assert out == [("b", 40), ("a", 5), ("c", 5), ("d", 0)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from datasets.synthetic import ensure_dataset
+
+    return ensure_dataset(tmp_path_factory.mktemp("synthetic") / "tiny", seed=0, size="tiny")
+
+
+def _far_views(tiny: Path, query: str, n: int) -> list[str]:
+    """Database images of other rooms than the query's best view (no overlap with the query)."""
+    meta = json.loads((tiny / "queries" / "queries_meta.json").read_text())
+    best = meta[query]["best_db"]
+    names = sorted(p.relative_to(tiny / "db" / "images").as_posix() for p in (tiny / "db" / "images").rglob("*.jpg"))
+    scan = best.split("/")[1]
+    return [m for m in names if m.split("/")[1] != scan][:: max(1, len(names) // (2 * n))][:n]
+
+
+def test_verifier_ranks_the_overlapping_view_first(tiny):
+    from datasets.records import load_rgb
+    from localize.formats import read_query_list
+    from localize.queries import load_database
+
+    db = load_database(tiny / "db", "rgbd")
+    cams = read_query_list(tiny / "queries" / "queries_with_intrinsics.txt")
+    meta = json.loads((tiny / "queries" / "queries_meta.json").read_text())
+    # the queries with most overlap with their best database view
+    queries = sorted(meta, key=lambda q: -meta[q]["best_covisibility"])[:3]
+    ver = ShortlistVerifier(RerankConfig(image_size=256), db)
+    for q in queries:
+        best = meta[q]["best_db"]
+        short = [(n, 1.0) for n in _far_views(tiny, q, 4)] + [(best, 0.5)]
+        inl = ver.inliers(load_rgb(tiny / "queries" / "images" / q), cams[q], [n for n, _ in short])
+        ranked = rerank(short, inl)
+        assert ranked[0][0] == best, (q, ranked)
+        assert inl[best] >= 12
+
+
+def test_cli_writes_reranked_pairs(tiny, tmp_path):
+    from localize.formats import read_pairs, write_pairs
+
+    meta = json.loads((tiny / "queries" / "queries_meta.json").read_text())
+    q = max(meta, key=lambda k: meta[k]["best_covisibility"])
+    pairs = {q: [(n, 1.0) for n in _far_views(tiny, q, 3)] + [(meta[q]["best_db"], 0.1)]}
+    write_pairs(tmp_path / "short.txt", pairs)
+    r = subprocess.run([sys.executable, "-m", "retrieval.rerank", "--pairs", str(tmp_path / "short.txt"),
+                        "--db", str(tiny / "db"), "--query-dir", str(tiny / "queries" / "images"),
+                        "--queries-list", str(tiny / "queries" / "queries_with_intrinsics.txt"),
+                        "--image-size", "256", "--out", str(tmp_path / "reranked.txt")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = read_pairs(tmp_path / "reranked.txt")
+    assert list(out) == [q] and len(out[q]) == 4
+    assert out[q][0][0] == meta[q]["best_db"]
+    assert [s for _, s in out[q]] == sorted((s for _, s in out[q]), reverse=True)
