@@ -19,13 +19,14 @@ VGG16-NetVLAD-whitening ``Pitts30K_struct.mat`` (``retrieval.mat_loader``, ~540 
 ``--weights-dir`` (default: a temporary folder, removed afterwards). Each preset (``--conf``, comma
 separated) runs ``localize.run.main`` in a fresh process (so its peak RSS is its own) on a fresh
 export folder, after describing the database (the offline part, timed separately). Prints per preset
-one JSON object: configuration, image sizes, seconds per query by stage (log.jsonl ``time_s``), wall
-seconds per query (with model loading), matching seconds per pair (each pair's cached ``time_s``; the
-first includes building the matcher), pairs matched, a per-query extrapolation to the preset's own
-``num_pairs``, peak RSS and load average. ``--num-pairs`` / ``--max-queries`` cut the matching work
-(dense NCNet at 3200 px takes minutes per pair on a CPU); ``--scale s`` renders every image at s x
-the InLoc sizes and matches at s x the preset's ``image_size`` (not below 320 px): a quick
-end-to-end check, only ``--scale 1`` gives InLoc figures.
+one JSON object: configuration, image sizes, seconds per query by stage (log.jsonl ``time_s``; the
+retrieval stage includes loading its model), wall seconds per query, matching seconds per pair (each
+pair's cached ``time_s``; the first includes building the matcher), pairs matched, a per-query
+extrapolation to the preset's own ``num_pairs``, peak RSS, load average and per-query errors (random
+weights rarely give a pose, and DensePV only scores successful candidates: then it does no work).
+``--num-pairs`` / ``--max-queries`` cut the matching work (dense NCNet at 3200 px takes minutes per
+pair on a CPU); ``--scale s`` renders every image at s x the InLoc sizes and matches at s x the
+preset's ``image_size`` (not below 320 px): a quick end-to-end check, only ``--scale 1`` gives InLoc figures.
 """
 
 from __future__ import annotations
@@ -339,7 +340,9 @@ def _inloc_size_doc(name: str, conf: dict, preset_pairs: int, args: argparse.Nam
         "overrides": {"num_pairs": args.num_pairs, "max_queries": args.max_queries, "preset_num_pairs": preset_pairs},
         "db_images": len(db_files), "db_image_size": _image_size(db_files[0]),
         "query_image_size": [cam.width, cam.height], "query_focal_px": round(float(cam.focal[0]), 3),
-        "queries": len(rows), "localized": r["localized"], "shortlist_len": shortlist,
+        "queries": len(rows), "localized": r["localized"],
+        "errors": {row["query"]: row["errors"] for row in rows if row["errors"]},  # e.g. no pose: DensePV skipped
+        "shortlist_len": shortlist,
         "pairs_matched": n_pairs, "pairs_per_query": n_pairs / nq,
         "stage_s_per_query": {k: round(v, 3) for k, v in stages.items()}, "s_per_query_stage_sum": round(per_query, 3),
         "wall_s": round(r["wall_s"], 3), "wall_s_per_query": round(r["wall_s"] / nq, 3),

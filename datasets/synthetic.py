@@ -1,6 +1,10 @@
 """Synthetic indoor RGB-D buildings with exact ground truth: the project's test world and demo.
 
-``python -m datasets.synthetic --out DIR --seed N [--size tiny|small|medium] [--preview]``
+``python -m datasets.synthetic --out DIR --seed N [--size tiny|small|medium|inloc-size] [--preview]``
+
+``inloc-size`` is a small building (two scans of 12 cutouts) at the real InLoc image sizes: 1600 x 1200
+database cutouts (60 deg) and two 4032 x 3024 queries with iPhone 7 intrinsics (f = 3136 px), for
+timing the pipeline (``benchmarks/bench_localize.py inloc-size``).
 
 World frame: metres, **z up**, floor of the ground storey at z = 0; the building is a row of
 rooms on both sides of a corridor running along +x (storey ``k`` has its floor at z = 3 k).
@@ -106,6 +110,11 @@ SIZES: dict[str, SizeConfig] = {
                         32, 4, (400, 300)),
     "medium": SizeConfig("medium", 2, 4, 3, 3, (800, 600), tuple(range(0, 360, 30)), (-30, 0, 30), 100,
                          (640, 480), 52.0, 120, 4, (400, 300)),
+    # InLoc image sizes for timings: 1600 x 1200 cutouts, 4032 x 3024 queries with the iPhone 7's
+    # horizontal field of view (f = 3136 px, datasets.inloc.INLOC_QUERY_FOCAL); one room + corridor
+    "inloc-size": SizeConfig("inloc-size", 1, 1, 0, 1, (1600, 1200), tuple(range(0, 360, 30)), (0,), 2,
+                             (4032, 3024), math.degrees(2 * math.atan(4032 / 2 / (4032 * 28 / 36))), 2, 2,
+                             (400, 300)),
 }
 
 
@@ -1046,8 +1055,14 @@ def _db_views(scene: Scene, cfg: SizeConfig) -> Iterator[tuple[Scan, int, int, s
                 yield s, yaw, pitch, name, cam, camera_pose(s.center, s.theta_deg + yaw, pitch)
 
 
-def texture_fraction(img: np.ndarray, threshold: float = 25.0) -> float:
-    """Fraction of pixels with a clear edge (Sobel magnitude > threshold after light blur), brightness-normalised."""
+def texture_fraction(img: np.ndarray, threshold: float = 25.0, max_width: int = 256) -> float:
+    """Fraction of pixels with a clear edge (Sobel magnitude > threshold after light blur), brightness-normalised.
+
+    Images wider than ``max_width`` are first reduced to that width (INTER_AREA), so the measure does
+    not fall with resolution (the thresholds were set on query checks of 64-160 px width)."""
+    if img.shape[1] > max_width:
+        img = cv2.resize(img, (max_width, max(1, round(img.shape[0] * max_width / img.shape[1]))),
+                         interpolation=cv2.INTER_AREA)
     g = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
     g *= 200.0 / max(float(np.percentile(g, 95)), 20.0)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
