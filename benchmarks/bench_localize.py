@@ -15,7 +15,7 @@ building (``datasets.synthetic``: 24 RGB-D cutouts of 1600 x 1200 from two scans
 folder; two 4032 x 3024 queries, iPhone 7 intrinsics f = 3136 px). Presets that need weights get
 RANDOM weights in the official layouts (timings only, poses meaningless): an NCNet checkpoint
 (ResNet-101 backbone, consensus kernels [3, 3] / channels [16, 1], ``matching.checkpoint``) and a
-VGG16-NetVLAD-whitening ``Pitts30K_struct.mat`` (``retrieval.mat_loader``, ~540 MB), written to
+VGG16-NetVLAD-whitening ``Pitts30K_struct.mat`` (``retrieval.mat_loader``, ~600 MB), written to
 ``--weights-dir`` (default: a temporary folder, removed afterwards). Each preset (``--conf``, comma
 separated) runs ``localize.run.main`` in a fresh process (so its peak RSS is its own) on a fresh
 export folder, after describing the database (the offline part, timed separately). Prints per preset
