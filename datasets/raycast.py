@@ -94,8 +94,9 @@ class CompiledScene:
     """Boxes packed into arrays plus mip-mapped textures, ready for ``render``."""
 
     def __init__(self, boxes: Sequence[Box], textures: np.ndarray | list[np.ndarray],
-                 lamps: Sequence[Lamp] = ()) -> None:
+                 lamps: Sequence[Lamp] = (), wear: float = 0.0) -> None:
         self.boxes = list(boxes)
+        self.wear = float(wear)  # strength of the aperiodic surface wear (``surface_wear``), 0 = none
         n = len(self.boxes)
         self.lo = np.array([b.lo for b in self.boxes], dtype=np.float64).reshape(n, 3)
         self.hi = np.array([b.hi for b in self.boxes], dtype=np.float64).reshape(n, 3)
@@ -311,6 +312,62 @@ def _sample_textures(cs: CompiledScene, tex: np.ndarray, u: np.ndarray, v: np.nd
     return out.reshape(-1, 3)[:n].astype(np.float32) * np.float32(1.0 / 255.0)
 
 
+# wear octaves: periods (x, y, z) in metres, incommensurate between axes, octaves and material tilings
+WEAR_PERIODS = ((4.1, 3.7, 3.3), (1.53, 1.31, 1.17))
+WEAR_WEIGHTS = (0.7, 0.3)
+WEAR_SIZE = 48
+_WEAR: list[np.ndarray] = []
+
+
+def _noise_volume(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
+    """Seamless 3D 1/f^beta noise (S x S x S float32, zero mean, unit std)."""
+    f = np.fft.fftfreq(size) * size
+    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
+    amp = np.where(r >= 1.0, 1.0 / np.maximum(r, 1e-6) ** (beta / 2.0), 0.0)
+    spec = amp * (rng.standard_normal(r.shape) + 1j * rng.standard_normal(r.shape))
+    n = np.real(np.fft.ifftn(spec))
+    n -= n.mean()
+    return (n / (n.std() + 1e-12)).astype(np.float32)
+
+
+def _wear_volumes() -> np.ndarray:
+    """The wear octaves' noise volumes (2 x S x S x S), from a fixed seed (the same for every building)."""
+    if not _WEAR:
+        rng = np.random.default_rng(20261127)
+        _WEAR.append(np.stack([_noise_volume(rng, WEAR_SIZE, 3.0), _noise_volume(rng, WEAR_SIZE, 3.0)]))
+    return _WEAR[0]
+
+
+def _trilinear(vol: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Periodic trilinear lookup of an S x S x S volume at voxel coordinates (any real values)."""
+    S = vol.shape[0]
+    out = np.zeros(len(x), dtype=np.float32)
+    i0 = [np.floor(c).astype(np.int64) for c in (x, y, z)]
+    fr = [(c - i).astype(np.float32) for c, i in zip((x, y, z), i0)]
+    for dx in (0, 1):
+        wx = fr[0] if dx else 1 - fr[0]
+        for dy in (0, 1):
+            wy = fr[1] if dy else 1 - fr[1]
+            for dz in (0, 1):
+                wz = fr[2] if dz else 1 - fr[2]
+                out += wx * wy * wz * vol[(i0[0] + dx) % S, (i0[1] + dy) % S, (i0[2] + dz) % S]
+    return out
+
+
+def surface_wear(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Aperiodic wear/dirt field (N float32, -1..1) at world points (metres).
+
+    A 3D field (two smooth noise octaves with incommensurate periods per axis) cut by the surfaces:
+    no two places of a building carry the same pattern, even where a material tiles.
+    """
+    vols = _wear_volumes()
+    out = np.zeros(len(x), dtype=np.float32)
+    for k, (per, w) in enumerate(zip(WEAR_PERIODS, WEAR_WEIGHTS)):
+        out += np.float32(w) * _trilinear(vols[k], x / per[0] * WEAR_SIZE, y / per[1] * WEAR_SIZE,
+                                          z / per[2] * WEAR_SIZE)
+    return np.clip(out / 1.5, -1.0, 1.0)
+
+
 def shade(cs: CompiledScene, ids: np.ndarray, dirs: np.ndarray, origin: np.ndarray,
           focal: float, illumination: Illumination) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Colour (H x W x 3 float32, 0..1), z-depth (H x W, NaN = miss) and world XYZ (H x W x 3) of the hits."""
@@ -359,6 +416,8 @@ def shade(cs: CompiledScene, ids: np.ndarray, dirs: np.ndarray, origin: np.ndarr
     texels_per_m = cs.tex_size / np.minimum(per_u, per_v)
     level = np.clip(np.round(np.log2(np.maximum(foot * texels_per_m, 1e-6))), 0, len(cs.mips) - 1).astype(np.int64)
     albedo = _sample_textures(cs, cs.f_tex[bf], u, v, fit, level)
+    if cs.wear > 0:
+        albedo *= (1.0 + np.float32(cs.wear) * surface_wear(p[0], p[1], p[2]))[:, None]
     # lighting (scalar per pixel, colours per channel): ambient + directional + the lamp of the room
     il = illumination
     L = np.asarray(il.sun_dir, dtype=np.float64)

@@ -68,7 +68,10 @@ from localize.geometry import Camera, Pose, look_at
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.3"
+GENERATOR_VERSION = "1.4"
+# strength of the aperiodic wear on every surface (datasets.raycast.surface_wear): tiled materials
+# would otherwise repeat exactly (a 2.7 m brick tile matches itself 2.7 m further along a wall)
+SURFACE_WEAR = 0.25
 BUILDING = "SYN"
 STOREY = 3.0  # metres between storey floors
 CEILING = 2.7  # room height, metres
@@ -218,9 +221,9 @@ class Scene:
         """Renderable arrays for ``boxes`` (default: the database-time building; cached)."""
         if boxes is None:
             if self._compiled is None:
-                self._compiled = CompiledScene(self.boxes, self.mips(), self.lamps)
+                self._compiled = CompiledScene(self.boxes, self.mips(), self.lamps, SURFACE_WEAR)
             return self._compiled
-        return CompiledScene(boxes, self.mips(), self.lamps)
+        return CompiledScene(boxes, self.mips(), self.lamps, SURFACE_WEAR)
 
     def room_at(self, p: Sequence[float]) -> int:
         """Index of the room whose interior contains point p (x, y, z), -1 if none."""
