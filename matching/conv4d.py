@@ -32,11 +32,13 @@ def resolve_method(method: str, device: torch.device, cin_per_group: int = 1, co
                    kernel_size: int = 3) -> str:
     """'auto' -> the benchmarked default for the device type and layer shape; otherwise validate the name.
 
-    On CPU, GEMM (im2col / shift-and-add) wins when one side has few channels and k = 3 (the 1->16 and
-    16->1 layers); for wide or k = 5 layers its k^4-expanded buffer costs more and conv3d (``stack3d``) is used.
+    On CPU, GEMM-then-shift-and-add wins when the layer has few OUTPUT channels and k = 3 (the 16->1
+    layer: 0.08 s vs 0.15 s for conv3d on a 25^4 tensor, 2 idle cores); the 1->16 layer is faster as one
+    conv3d over row-stacked inputs (``stack3d``: 0.044 s vs 0.081 s for im2col GEMM at 25^4, 0.12 vs 0.34 s
+    at 30x40x30x40), as are wide and k = 5 layers.
     """
     if method == "auto":
-        if min(cin_per_group, cout_per_group) <= 2 and kernel_size <= 3:
+        if cout_per_group <= 2 and kernel_size <= 3:
             return DEFAULT_METHOD.get(device.type, "gemm")
         return DEFAULT_WIDE_METHOD.get(device.type, "stack3d")
     if method not in METHODS:
