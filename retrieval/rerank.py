@@ -60,10 +60,11 @@ def mutual_nn(feat_a: torch.Tensor, feat_b: torch.Tensor) -> tuple[torch.Tensor,
 
 def cell_centers(idx: np.ndarray, grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
     """Flat cell indices on an h x w grid -> pixel centres N x 2 (x, y) of the original H x W image (COLMAP)."""
-    h, w = grid_hw
-    H, W = image_hw
-    idx = np.asarray(idx, dtype=np.int64)
-    return np.stack([(idx % w + 0.5) / w * W, (idx // w + 0.5) / h * H], axis=1)
+    from matching.extract import cell_to_pixels
+
+    flat = torch.as_tensor(np.asarray(idx, dtype=np.int64)).reshape(-1)
+    w = grid_hw[1]
+    return cell_to_pixels(torch.stack([flat // w, flat % w], dim=1), grid_hw, image_hw).numpy()
 
 
 class ShortlistVerifier:
