@@ -7,7 +7,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from matching.conv4d import DEFAULT_CHUNK_BYTES, conv4d, conv4d_rows_valid, resolve_method, row_bytes, take_rows
+from matching import native
+from matching.conv4d import (
+    DEFAULT_CHUNK_BYTES,
+    conv4d,
+    conv4d_rows_valid,
+    resolve_method,
+    row_bytes,
+    take_rows,
+)
 
 
 class Conv4d(nn.Module):
@@ -50,7 +58,9 @@ class NeighConsensus(nn.Module):
     Evaluated in chunks of hA rows (halo = sum of k//2) so the peak temporary memory stays near
     ``max_chunk_bytes``; the symmetric branch runs fused with the direct one, using transposed kernels
     (T(N(T(c))) equals N with every kernel transposed), as a grouped convolution. ``half=True`` runs
-    the convolutions in float16 (CUDA).
+    the convolutions in float16 (CUDA). On CPU (float32, inference, ``method`` 'auto' or 'direct') the
+    whole network runs in the compiled kernel (``matching.native.conv4d_stack``), which streams over hA
+    rows with a ring of k rows per layer, so its temporary memory is a few rows whatever the size.
     """
 
     def __init__(self, kernel_sizes: tuple[int, ...] | list[int] = (3, 3),
@@ -93,6 +103,8 @@ class NeighConsensus(nn.Module):
             raise ValueError(f"NeighConsensus expects 1 input channel, got {c}")
         dtype = torch.float16 if (self.half and corr.device.type == "cuda") else corr.dtype
         layers = self.fused_layers(dtype)
+        if self._native_ok(corr, layers):
+            return self._forward_native(corr, layers)
         methods = [resolve_method(self.method, corr.device, w.shape[1], w.shape[0] // g, w.shape[2])
                    for w, _, g in layers]
         halos = [w.shape[2] // 2 for w, _, _ in layers]
@@ -120,6 +132,31 @@ class NeighConsensus(nn.Module):
         return torch.cat(outs, dim=1).transpose(1, 2).contiguous()
 
 
+    def _native_ok(self, corr: Tensor, layers: list[tuple[Tensor, Tensor | None, int]]) -> bool:
+        """True when the compiled whole-network kernel applies to this call."""
+        if self.method not in ("auto", "direct"):
+            return False
+        ks = {w.shape[2] for w, _, _ in layers}
+        if len(ks) != 1 or ks.pop() not in native.SUPPORTED_KERNELS:
+            return False
+        return native.usable(corr, *[t for w, b, _ in layers for t in (w, b)])
+
+    def _forward_native(self, corr: Tensor, layers: list[tuple[Tensor, Tensor | None, int]]) -> Tensor:
+        """Whole network in the compiled kernel, one call per batch item (rows stream inside)."""
+        b, ha = corr.shape[0], corr.shape[2]
+        halo = sum(w.shape[2] // 2 for w, _, _ in layers)
+        w_last, _, g_last = layers[-1]
+        sum_groups = self.symmetric and w_last.shape[0] // g_last == 1 and w_last.shape[1] % 16 == 0
+        outs = []
+        for i in range(b):
+            x = corr[i].transpose(0, 1)  # [hA, 1, wA, hB, wB]
+            h = native.conv4d_stack(x, layers, -halo, ha + halo, sum_groups=sum_groups)
+            if self.symmetric and not sum_groups:
+                h = h.sum(dim=1, keepdim=True)
+            outs.append(h.transpose(0, 1))
+        return torch.stack(outs)
+
+
 def _zero_outside(h: Tensor, lo: int, hi: int) -> Tensor:
     """Keep rows [lo, hi) of a row-layout tensor and replace the others by zeros (autograd-safe)."""
     parts = []
@@ -141,4 +178,4 @@ def neigh_consensus_flops(ha: int, wa: int, hb: int, wb: int, kernel_sizes: list
     return total * (2 if symmetric else 1)
 
 
-__all__ = ["Conv4d", "NeighConsensus", "transpose_ab", "transpose_kernel", "neigh_consensus_flops"]
+__all__ = ["Conv4d", "NeighConsensus", "neigh_consensus_flops", "transpose_ab", "transpose_kernel"]

@@ -13,6 +13,10 @@ float rounding; ``benchmarks/bench_ncnet.py`` measures them):
 * ``gemm``: full im2col (k^4 shifts) + one matrix product.
 * ``slice_loop``: the reference formulation of the official code: one conv3d per output row and kernel
   row (hA * k small calls). Kept as the baseline for benchmarks.
+* ``direct``: the compiled CPU kernel of ``matching/csrc`` (``matching.native``; float32, k = 3 or 5,
+  inference): register-blocked direct convolution over a padded, channel-blocked copy. The default on CPU
+  whenever it is available; where it cannot be used (autograd, other dtypes, no compiler) the torch rule
+  below applies.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = ("stack3d", "loop3d", "stack2d", "gemm", "slice_loop")
+from matching import native
+
+METHODS = ("stack3d", "loop3d", "stack2d", "gemm", "slice_loop", "direct")
 # fastest exact method per device type, from benchmarks/bench_ncnet.py (see README figures)
 DEFAULT_METHOD: dict[str, str] = {"cpu": "gemm", "cuda": "stack3d"}
 DEFAULT_WIDE_METHOD: dict[str, str] = {"cpu": "stack3d", "cuda": "stack3d"}
@@ -29,15 +35,23 @@ DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 768 * 2**20, "cuda": 4 * 2**30}
 
 
 def resolve_method(method: str, device: torch.device, cin_per_group: int = 1, cout_per_group: int = 1,
-                   kernel_size: int = 3) -> str:
+                   kernel_size: int = 3, native_ok: bool = True) -> str:
     """'auto' -> the benchmarked default for the device type and layer shape; otherwise validate the name.
 
-    On CPU, GEMM-then-shift-and-add wins when the layer has few OUTPUT channels and k = 3 (the 16->1
+    On CPU the compiled ``direct`` kernel comes first when it is available, supports the kernel size and
+    ``native_ok`` (no autograd, float32); an explicit ``direct`` that cannot run falls back to this rule.
+    Among the torch methods on CPU, GEMM-then-shift-and-add wins when the layer has few OUTPUT channels and k = 3 (the 16->1
     layer: 0.08 s vs 0.15 s for conv3d on a 25^4 tensor, 2 idle cores); the 1->16 layer is faster as one
     conv3d over row-stacked inputs (``stack3d``: 0.044 s vs 0.081 s for im2col GEMM at 25^4, 0.12 vs 0.34 s
     at 30x40x30x40), as are wide and k = 5 layers.
     """
+    if method == "direct" and not (native_ok and device.type == "cpu" and native.available()
+                                   and kernel_size in native.SUPPORTED_KERNELS):
+        method = "auto"  # the compiled kernel cannot run this call: the torch rule applies
     if method == "auto":
+        if (native_ok and device.type == "cpu" and kernel_size in native.SUPPORTED_KERNELS
+                and native.available()):
+            return "direct"
         if cout_per_group <= 2 and kernel_size <= 3:
             return DEFAULT_METHOD.get(device.type, "gemm")
         return DEFAULT_WIDE_METHOD.get(device.type, "stack3d")
@@ -49,7 +63,7 @@ def resolve_method(method: str, device: torch.device, cin_per_group: int = 1, co
 def row_bytes(cin: int, cout: int, k: int, cells_per_row: int, element_size: int, method: str) -> int:
     """Approximate temporary bytes needed per output row of one conv4d layer with ``method``."""
     factor = {"stack3d": cin * k, "loop3d": cin + cout, "stack2d": 2 * cin * k * k,
-              "gemm": min(cin, cout) * k ** 4, "slice_loop": cin + cout}[method]
+              "gemm": min(cin, cout) * k ** 4, "slice_loop": cin + cout, "direct": 2 * cin}[method]
     return (factor + 2 * cout) * cells_per_row * element_size
 
 
@@ -66,6 +80,11 @@ def conv4d_rows_valid(x: Tensor, weight: Tensor, bias: Tensor | None = None, gro
     r = rp - 2 * p
     if r <= 0:
         return x.new_zeros((b, 0, cout, wa, hb, wb))
+    if method == "direct":
+        if native.usable(x, weight, bias) and k in native.SUPPORTED_KERNELS:
+            return native.conv4d_rows_valid(x, weight, bias, groups)
+        return conv4d_rows_valid(x, weight, bias, groups,
+                                 resolve_method("auto", x.device, cin_g, cout // groups, k, native_ok=False))
     if groups > 1 and method != "gemm":  # grouped conv3d/conv2d are slow on CPU: one call per group
         cin_g, cout_g = cin // groups, cout // groups
         return torch.cat([conv4d_rows_valid(x[:, :, g * cin_g:(g + 1) * cin_g], weight[g * cout_g:(g + 1) * cout_g],
@@ -160,7 +179,8 @@ def conv4d(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 
     cout, k = weight.shape[0], weight.shape[2]
     if not (weight.shape[2] == weight.shape[3] == weight.shape[4] == weight.shape[5]) or k % 2 == 0:
         raise ValueError(f"conv4d needs an odd cubic kernel, got {tuple(weight.shape)}")
-    method = resolve_method(method, x.device, cin // groups, cout // groups, k)
+    method = resolve_method(method, x.device, cin // groups, cout // groups, k,
+                            native_ok=native.usable(x, weight, bias))
     budget = max_chunk_bytes or DEFAULT_CHUNK_BYTES.get(x.device.type, 2**30)
     per_row = row_bytes(cin, cout, k, b * wa * hb * wb, x.element_size(), method)
     rows = max(1, min(ha, budget // max(per_row, 1)))
@@ -179,5 +199,14 @@ def conv4d_flops(ha: int, wa: int, hb: int, wb: int, cin: int, cout: int, k: int
     return 2.0 * ha * wa * hb * wb * cout * (cin // groups) * k ** 4
 
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "DEFAULT_WIDE_METHOD", "conv4d", "conv4d_rows_valid", "take_rows", "conv4d_flops",
-           "resolve_method", "row_bytes"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_WIDE_METHOD",
+    "METHODS",
+    "conv4d",
+    "conv4d_flops",
+    "conv4d_rows_valid",
+    "resolve_method",
+    "row_bytes",
+    "take_rows",
+]
