@@ -27,7 +27,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "conv4d_direct.cpp"
-ABI_VERSION = 1
+ABI_VERSION = 2
 SUPPORTED_KERNELS = (3, 5)
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
 BASE_FLAGS = ["-std=c++17", "-shared", "-fPIC", "-pthread"]
@@ -113,6 +113,7 @@ def load() -> ctypes.CDLL | None:
         c_int, c_void_p = ctypes.c_int, ctypes.c_void_p
         lib.ncdirect_conv4d_rows_valid.restype = c_int
         lib.ncdirect_conv4d_rows_valid.argtypes = [c_void_p] * 4 + [c_int] * 11
+        lib.ncdirect_release_workspace.restype = ctypes.c_longlong
         lib.ncdirect_conv4d_stack.restype = c_int
         lib.ncdirect_conv4d_stack.argtypes = ([c_void_p] + [c_int] * 9 + [ctypes.POINTER(c_int)] * 2
                                               + [ctypes.POINTER(c_void_p)] * 2 + [c_int, c_void_p, c_int])
@@ -140,6 +141,12 @@ def usable(x: Tensor, *weights: Tensor | None) -> bool:
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in ws)):
         return False
     return available()
+
+
+def release_workspace() -> int:
+    """Free the scratch buffers the kernels keep between calls (at most 256 MB); returns the bytes freed."""
+    lib = _lib if _tried else None
+    return int(lib.ncdirect_release_workspace()) if lib is not None else 0
 
 
 def _check(rc: int, what: str) -> None:
@@ -212,5 +219,6 @@ __all__ = [
     "conv4d_stack",
     "error",
     "load",
+    "release_workspace",
     "usable",
 ]

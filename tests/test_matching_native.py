@@ -166,3 +166,20 @@ def test_build_cache_is_atomic_and_keyed(tmp_path: Path) -> None:
     assert len(files) == 1 and files[0].startswith("ncdirect-") and files[0].endswith(".so")  # no .tmp left
     second = _python(code, NCLOC_NATIVE_CACHE=str(tmp_path))  # reuses the cached build
     assert second.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+@needs_native
+def test_workspace_reuse_and_release() -> None:
+    """Scratch buffers are reused between calls (same results) and can be released."""
+    torch.manual_seed(3)
+    nc = NeighConsensus([3, 3], [16, 1]).eval()
+    c = torch.rand(1, 1, 6, 5, 7, 4)
+    with torch.no_grad():
+        first = nc(c)
+        assert native.release_workspace() > 0  # the ring buffers of that call were kept
+        assert native.release_workspace() == 0
+        again = nc(c)  # fresh buffers
+        assert torch.equal(again, first)
+        c2 = torch.rand(1, 1, 6, 5, 7, 4)
+        nc(c2)
+        assert torch.equal(nc(c), first)  # reused (dirty) buffers are cleared before use

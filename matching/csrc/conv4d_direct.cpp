@@ -38,14 +38,49 @@ typedef float vec __attribute__((vector_size(VL * sizeof(float)), aligned(4), ma
 inline vec loadu(const float* p) { return *reinterpret_cast<const vec*>(p); }
 inline void storeu(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
 
-struct Buffer {  // 64-byte aligned, zero-initialised float array (calloc: fresh pages are not written twice)
+// Freed buffers are kept for the next call (up to CACHE_LIMIT bytes in all), so repeated calls of the same
+// size do not pay page faults again; ncdirect_release_workspace() frees them.
+constexpr size_t CACHE_LIMIT = size_t(256) << 20;
+std::mutex cache_mutex;
+std::vector<std::pair<size_t, void*>> cache;  // (capacity in floats, calloc'd block)
+size_t cache_bytes = 0;
+
+struct Buffer {  // 64-byte aligned, zero-initialised float array
   float* data = nullptr;
   void* raw = nullptr;
+  size_t cap = 0;
   explicit Buffer(int64_t count) {
-    raw = std::calloc((size_t)std::max<int64_t>(count, 1) + 16, sizeof(float));
+    const size_t n = (size_t)std::max<int64_t>(count, 1) + 16;
+    {
+      std::lock_guard<std::mutex> lk(cache_mutex);
+      size_t best = cache.size();
+      for (size_t i = 0; i < cache.size(); ++i)
+        if (cache[i].first >= n && (best == cache.size() || cache[i].first < cache[best].first)) best = i;
+      if (best < cache.size()) {
+        cap = cache[best].first;
+        raw = cache[best].second;
+        cache_bytes -= cap * sizeof(float);
+        cache.erase(cache.begin() + (long)best);
+      }
+    }
+    if (raw) {
+      std::memset(raw, 0, n * sizeof(float));
+    } else {
+      raw = std::calloc(n, sizeof(float));  // fresh pages come zeroed: no second pass
+      cap = n;
+    }
     if (raw) data = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(raw) + 63) / 64 * 64);
   }
-  ~Buffer() { std::free(raw); }
+  ~Buffer() {
+    if (!raw) return;
+    std::lock_guard<std::mutex> lk(cache_mutex);
+    if (cache_bytes + cap * sizeof(float) <= CACHE_LIMIT) {
+      cache.emplace_back(cap, raw);
+      cache_bytes += cap * sizeof(float);
+    } else {
+      std::free(raw);
+    }
+  }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 };
@@ -177,17 +212,25 @@ inline vec hsum16(const vec* x) {
          __builtin_shufflevector(e[0], e[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-constexpr int STRIP = 8;  // hsum blocks (of 16 positions) per strip
+// hsum strip length in blocks of 16 positions: long enough that the K-1 halo rows of a plane (K-1 times WBp
+// positions) are a small part of what a strip reads, short enough that the K^2 plane regions one strip
+// reads stay in L2 while a run of consecutive planes a re-uses them
+inline int strip_blocks(const Geo& g) { return std::max(8, std::min(64, (4 * g.WBp + VL - 1) / VL)); }
 
-// hsum micro-kernel: output plane a of one row, one output channel; input channels (Cg, a multiple of 16)
-// in the lanes. wblk [Cg/16][K^4][16].
+// hsum micro-kernel: output planes [a_begin, a_end) of one row, positions [q_begin, q_end), one output
+// channel; input channels (Cg, a multiple of 16) in the lanes. wblk [Cg/16][K^4][16]. Strips of positions
+// outside, planes inside: plane a + 1 re-reads K^2 - K of the K^2 input plane regions plane a read.
 template <int K>
-void hsum_plane(const Geo& g, const float* const* rows, int cin0, int Cg, const float* wblk, float bias, int a,
-                int q_begin, int q_end, const Out& out, int ch) {
+void hsum_run(const Geo& g, const float* const* rows, int cin0, int Cg, const float* wblk, float bias, int a_begin,
+              int a_end, int q_begin, int q_end, const Out& out, int ch) {
   constexpr int P = VL, K2 = K * K, K4 = K2 * K2;
-  const int ncv = Cg / VL;
-  alignas(64) vec strip[STRIP][P];
-  for (int s0 = q_begin; s0 < q_end; s0 += STRIP * P) {
+  const int ncv = Cg / VL, STRIP = strip_blocks(g);
+  thread_local std::vector<float> strip_buf;  // STRIP x P accumulator vectors, 64-byte aligned
+  if (strip_buf.size() < (size_t)STRIP * P * VL + VL) strip_buf.resize((size_t)STRIP * P * VL + VL);
+  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(strip_buf.data()) + 63) / 64 * 64);
+  vec (*strip)[P] = reinterpret_cast<vec (*)[P]>(base);
+  for (int s0 = q_begin; s0 < q_end; s0 += STRIP * P)
+  for (int a = a_begin; a < a_end; ++a) {
     const int nb = std::min(STRIP, (q_end - s0 + P - 1) / P);
     for (int b = 0; b < nb; ++b)
       for (int m = 0; m < P; ++m) strip[b][m] = vec{};
@@ -256,10 +299,13 @@ class Pool {
       n_ = n;
       next_.store(0);
       busy_ = (int)threads_.size();
+      busy_atomic_.store(busy_, std::memory_order_relaxed);
       ++gen_;
+      gen_atomic_.store(gen_, std::memory_order_release);
     }
     cv_.notify_all();
     work();
+    for (int spin = 0; spin < SPINS && busy_atomic_.load(std::memory_order_acquire) != 0; ++spin) pause();
     std::unique_lock<std::mutex> lk(m_);
     done_.wait(lk, [this] { return busy_ == 0; });
     fn_ = nullptr;
@@ -269,9 +315,16 @@ class Pool {
   void work() {
     for (int64_t t; (t = next_.fetch_add(1)) < n_;) (*fn_)(t);
   }
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
   void loop() {
     uint64_t seen = 0;
     for (;;) {
+      // rows come every few hundred microseconds: spin briefly before sleeping on the condition variable
+      for (int spin = 0; spin < SPINS && gen_atomic_.load(std::memory_order_acquire) == seen; ++spin) pause();
       {
         std::unique_lock<std::mutex> lk(m_);
         cv_.wait(lk, [&] { return stop_ || gen_ != seen; });
@@ -280,9 +333,13 @@ class Pool {
       }
       work();
       std::lock_guard<std::mutex> lk(m_);
-      if (--busy_ == 0) done_.notify_one();
+      busy_atomic_.store(--busy_, std::memory_order_release);
+      if (busy_ == 0) done_.notify_one();
     }
   }
+  static constexpr int SPINS = 20000;  // ~100 microseconds of pause instructions
+  std::atomic<uint64_t> gen_atomic_{0};
+  std::atomic<int> busy_atomic_{0};
   std::vector<std::thread> threads_;
   std::mutex m_;
   std::condition_variable cv_, done_;
@@ -335,38 +392,38 @@ Packed pack(int K, int C, int O, int groups, const float* w, const float* bias) 
 
 // One output row of one layer: rows[0..K) are the padded input rows (channel-blocked, pk.C channels).
 // sum_groups (hsum layers, planar output): write the sum over groups of the ReLU'd outputs as channel 0.
+// Tasks are runs of consecutive wA planes (a plane a reads input planes a..a+K-1, so a run re-uses most of
+// what it reads from L2), split further into position ranges when there are few planes.
 template <int K>
 void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* rows, const Out& out, bool sum_groups) {
   constexpr int K4 = K * K * K * K;
   const int task_groups = sum_groups ? 1 : pk.groups;
-  // split each plane into position ranges so that there are enough tasks for the threads
-  const int64_t units = (int64_t)g.WA * task_groups * (pk.hsum ? 1 : pk.nblk);
-  const int quantum = pk.hsum ? STRIP * VL : 24;
+  const int64_t others = (int64_t)task_groups * (pk.hsum ? 1 : pk.nblk);
+  const int want = 2 * pool.size();  // tasks per (group, block) unit: a little more than one per thread
+  const int nruns = std::min(g.WA, want);
+  const int run_len = (g.WA + nruns - 1) / nruns;
+  const int quantum = pk.hsum ? strip_blocks(g) * VL : 24;
   const int nchunks_max = std::max(1, (g.nq + quantum - 1) / quantum);
-  const int nsplit = (int)std::min<int64_t>(nchunks_max, std::max<int64_t>(1, (4 * pool.size() + units - 1) / units));
+  const int nsplit = std::min(nchunks_max, std::max(1, (want + nruns - 1) / nruns));
   const int span = ((g.nq + nsplit - 1) / nsplit + quantum - 1) / quantum * quantum;
-  pool.run(units * nsplit, [&](int64_t t) {
+  pool.run(others * nruns * nsplit, [&](int64_t t) {
     const int part = t % nsplit;
-    int64_t u = t / nsplit;
+    const int run = (t / nsplit) % nruns;
+    const int64_t u = t / nsplit / nruns;
     const int q_begin = part * span, q_end = std::min(g.nq, q_begin + span);
-    if (q_begin >= q_end) return;
+    const int a_begin = run * run_len, a_end = std::min(g.WA, a_begin + run_len);
+    if (q_begin >= q_end || a_begin >= a_end) return;
     if (pk.hsum) {
-      const int a = (int)(u / task_groups);
-      if (sum_groups) {
-        for (int grp = 0; grp < pk.groups; ++grp) {
-          Out o = out;
-          o.add = grp > 0;
-          hsum_plane<K>(g, rows, grp * pk.Cg, pk.Cg, pk.w.data() + (int64_t)grp * pk.Cg * K4, pk.b[grp], a, q_begin,
-                        q_end, o, 0);
-        }
-      } else {
-        const int grp = u % pk.groups;
-        hsum_plane<K>(g, rows, grp * pk.Cg, pk.Cg, pk.w.data() + (int64_t)grp * pk.Cg * K4, pk.b[grp], a, q_begin,
-                      q_end, out, grp);
+      const int g_first = sum_groups ? 0 : (int)u, g_last = sum_groups ? pk.groups : (int)u + 1;
+      for (int grp = g_first; grp < g_last; ++grp) {
+        Out o = out;
+        o.add = sum_groups && grp > 0;
+        hsum_run<K>(g, rows, grp * pk.Cg, pk.Cg, pk.w.data() + (int64_t)grp * pk.Cg * K4, pk.b[grp], a_begin, a_end,
+                    q_begin, q_end, o, sum_groups ? 0 : grp);
       }
       return;
     }
-    const int b = u % pk.nblk, grp = (u / pk.nblk) % pk.groups, a = (int)(u / pk.nblk / pk.groups);
+    const int b = u % pk.nblk, grp = (int)(u / pk.nblk);
     const int lanes = pk.nv * VL, blk = grp * pk.nblk + b;
     const int ch0 = grp * pk.Og + b * lanes, nch = std::min(lanes, pk.Og - b * lanes);
     const float* wb = pk.w.data() + (int64_t)blk * pk.Cg * K4 * lanes;
@@ -374,16 +431,18 @@ void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* r
     // accumulators + K * nv weight vectors + 1 broadcast value fit the 32 vector registers
     constexpr int P2 = K <= 3 ? 12 : 10;
     const int cin0 = grp * pk.Cg;
-    if (block_size(pk.C) == 1) {
-      if (pk.nv == 1)
-        bcast_plane<K, 1, 24, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
-      else
-        bcast_plane<K, 2, P2, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
-    } else {
-      if (pk.nv == 1)
-        bcast_plane<K, 1, 24, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
-      else
-        bcast_plane<K, 2, P2, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+    for (int a = a_begin; a < a_end; ++a) {
+      if (block_size(pk.C) == 1) {
+        if (pk.nv == 1)
+          bcast_plane<K, 1, 24, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+        else
+          bcast_plane<K, 2, P2, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+      } else {
+        if (pk.nv == 1)
+          bcast_plane<K, 1, 24, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+        else
+          bcast_plane<K, 2, P2, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+      }
     }
   });
 }
@@ -414,7 +473,17 @@ bool supported(int k) { return k == 3 || k == 5; }
 
 extern "C" {
 
-int ncdirect_abi_version() { return 1; }
+int ncdirect_abi_version() { return 2; }
+
+// Frees the buffers kept for reuse between calls; returns the number of bytes released.
+long long ncdirect_release_workspace() {
+  std::lock_guard<std::mutex> lk(cache_mutex);
+  const long long bytes = (long long)cache_bytes;
+  for (auto& e : cache) std::free(e.second);
+  cache.clear();
+  cache_bytes = 0;
+  return bytes;
+}
 
 // One 4D conv layer. x [B, R + k - 1, C, WA, HB, WB] (row layout), w [O, C/groups, k, k, k, k], bias [O] or
 // null, out [B, R, O, WA, HB, WB]. Returns 0, -1 for invalid arguments, -2 for an unsupported kernel size,
