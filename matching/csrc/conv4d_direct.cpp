@@ -41,30 +41,46 @@ inline void storeu(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
 // Freed buffers are kept for the next call (up to CACHE_LIMIT bytes in all), so repeated calls of the same
 // size do not pay page faults again; ncdirect_release_workspace() frees them.
 constexpr size_t CACHE_LIMIT = size_t(256) << 20;
+struct CachedBlock {
+  size_t cap;      // capacity in floats
+  void* raw;       // calloc'd block
+  uint64_t layout;  // tag of the zero-border layout it holds (0: none)
+};
 std::mutex cache_mutex;
-std::vector<std::pair<size_t, void*>> cache;  // (capacity in floats, calloc'd block)
+std::vector<CachedBlock> cache;
 size_t cache_bytes = 0;
 
 struct Buffer {  // 64-byte aligned, zero-initialised float array
   float* data = nullptr;
   void* raw = nullptr;
   size_t cap = 0;
-  explicit Buffer(int64_t count) {
+  uint64_t layout = 0;
+  // layout != 0: the caller only ever writes interiors of that padded layout, so a cached block last used
+  // with the same layout and size still has zero borders and needs no clearing
+  explicit Buffer(int64_t count, uint64_t layout_tag = 0) : layout(layout_tag) {
     const size_t n = (size_t)std::max<int64_t>(count, 1) + 16;
+    bool clean = false;
     {
       std::lock_guard<std::mutex> lk(cache_mutex);
       size_t best = cache.size();
-      for (size_t i = 0; i < cache.size(); ++i)
-        if (cache[i].first >= n && (best == cache.size() || cache[i].first < cache[best].first)) best = i;
+      for (size_t i = 0; i < cache.size(); ++i) {
+        if (cache[i].cap < n) continue;
+        const bool same = layout != 0 && cache[i].layout == layout && cache[i].cap == n;
+        if (best == cache.size() || same || (cache[i].cap < cache[best].cap && !clean)) {
+          best = i;
+          clean = same;
+          if (same) break;
+        }
+      }
       if (best < cache.size()) {
-        cap = cache[best].first;
-        raw = cache[best].second;
+        cap = cache[best].cap;
+        raw = cache[best].raw;
         cache_bytes -= cap * sizeof(float);
         cache.erase(cache.begin() + (long)best);
       }
     }
     if (raw) {
-      std::memset(raw, 0, n * sizeof(float));
+      if (!clean) std::memset(raw, 0, n * sizeof(float));
     } else {
       raw = std::calloc(n, sizeof(float));  // fresh pages come zeroed: no second pass
       cap = n;
@@ -75,7 +91,7 @@ struct Buffer {  // 64-byte aligned, zero-initialised float array
     if (!raw) return;
     std::lock_guard<std::mutex> lk(cache_mutex);
     if (cache_bytes + cap * sizeof(float) <= CACHE_LIMIT) {
-      cache.emplace_back(cap, raw);
+      cache.push_back({cap, raw, layout});
       cache_bytes += cap * sizeof(float);
     } else {
       std::free(raw);
@@ -479,7 +495,7 @@ int ncdirect_abi_version() { return 2; }
 long long ncdirect_release_workspace() {
   std::lock_guard<std::mutex> lk(cache_mutex);
   const long long bytes = (long long)cache_bytes;
-  for (auto& e : cache) std::free(e.second);
+  for (auto& e : cache) std::free(e.raw);
   cache.clear();
   cache_bytes = 0;
   return bytes;
@@ -545,7 +561,9 @@ int ncdirect_conv4d_stack(const float* x, int HA, int C0, int WA, int HB, int WB
   bool ok = true;
   for (int l = 0; l < nlayers; ++l) {
     rfs.push_back(row_floats(g, cin[l]));
-    ring.push_back(new Buffer(rfs[l] * k));
+    // tag: geometry + channels; the padded borders of such a ring are never written
+    const uint64_t tag = 1 + (((((uint64_t)WA * 4099 + HB) * 4099 + WB) * 131 + k) * 4099 + cin[l]);
+    ring.push_back(new Buffer(rfs[l] * k, tag));
     ok = ok && ring.back()->data;
   }
   int rc = ok ? 0 : -3;
