@@ -128,7 +128,6 @@ struct Out {  // destination of one output row: padded channel-blocked row, or p
   bool planar;
   int C;  // channel count of the destination
   bool relu;
-  bool add = false;  // planar only: add to the destination instead of overwriting it
 };
 
 // Writes the values of output position (a, h, w) for channels [ch0, ch0 + n).
@@ -136,10 +135,7 @@ inline void put(const Geo& g, const Out& o, int a, int h, int w, int ch0, int n,
   if (o.planar) {
     float* d = o.data + (((int64_t)ch0 * g.WA + a) * g.HB + h) * g.WB + w;
     const int64_t cs = (int64_t)g.WA * g.HB * g.WB;
-    for (int j = 0; j < n; ++j) {
-      const float x = (o.relu && v[j] < 0.0f) ? 0.0f : v[j];
-      d[j * cs] = o.add ? d[j * cs] + x : x;
-    }
+    for (int j = 0; j < n; ++j) d[j * cs] = (o.relu && v[j] < 0.0f) ? 0.0f : v[j];
   } else {
     const int64_t pos = (int64_t)(a + g.p) * g.plane + (int64_t)(h + g.p) * g.WBp + w + g.p;
     const int bs = block_size(o.C);
@@ -290,10 +286,13 @@ void hsum_run(const Geo& g, const float* const* rows, int cin0, int Cg, const fl
 }
 
 // A fixed set of worker threads for one call; run(n, fn) executes fn(0..n-1) on all of them and waits.
+// Thread i first takes the i-th contiguous share of the tasks (callers order tasks so that a share is one
+// channel block or group: the same data lands on the same core row after row and layer after layer, and
+// is still in that core's L2), then helps the others with what is left.
 class Pool {
  public:
-  explicit Pool(int nthreads) {
-    for (int i = 1; i < nthreads; ++i) threads_.emplace_back([this] { loop(); });
+  explicit Pool(int nthreads) : cursors_(std::max(1, nthreads)) {
+    for (int i = 1; i < nthreads; ++i) threads_.emplace_back([this, i] { loop(i); });
   }
   ~Pool() {
     {
@@ -313,14 +312,15 @@ class Pool {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
       n_ = n;
-      next_.store(0);
+      const int T = size();
+      for (int i = 0; i < T; ++i) cursors_[i].store(n * i / T, std::memory_order_relaxed);
       busy_ = (int)threads_.size();
       busy_atomic_.store(busy_, std::memory_order_relaxed);
       ++gen_;
       gen_atomic_.store(gen_, std::memory_order_release);
     }
     cv_.notify_all();
-    work();
+    work(0);
     for (int spin = 0; spin < SPINS && busy_atomic_.load(std::memory_order_acquire) != 0; ++spin) pause();
     std::unique_lock<std::mutex> lk(m_);
     done_.wait(lk, [this] { return busy_ == 0; });
@@ -328,15 +328,20 @@ class Pool {
   }
 
  private:
-  void work() {
-    for (int64_t t; (t = next_.fetch_add(1)) < n_;) (*fn_)(t);
+  void work(int self) {
+    const int T = size();
+    for (int k = 0; k < T; ++k) {  // own share first, then the others' leftovers
+      const int i = (self + k) % T;
+      const int64_t end = n_ * (i + 1) / T;
+      for (int64_t t; (t = cursors_[i].fetch_add(1)) < end;) (*fn_)(t);
+    }
   }
   static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
   }
-  void loop() {
+  void loop(int self) {
     uint64_t seen = 0;
     for (;;) {
       // rows come every few hundred microseconds: spin briefly before sleeping on the condition variable
@@ -347,7 +352,7 @@ class Pool {
         if (stop_) return;
         seen = gen_;
       }
-      work();
+      work(self);
       std::lock_guard<std::mutex> lk(m_);
       busy_atomic_.store(--busy_, std::memory_order_release);
       if (busy_ == 0) done_.notify_one();
@@ -360,7 +365,7 @@ class Pool {
   std::mutex m_;
   std::condition_variable cv_, done_;
   const std::function<void(int64_t)>* fn_ = nullptr;
-  std::atomic<int64_t> next_{0};
+  std::vector<std::atomic<int64_t>> cursors_;
   int64_t n_ = 0;
   int busy_ = 0;
   uint64_t gen_ = 0;
@@ -390,7 +395,9 @@ Packed pack(int K, int C, int O, int groups, const float* w, const float* bias) 
     }
     return pk;
   }
-  pk.nv = pk.Og <= VL ? 1 : 2;  // 24 accumulators: 24 positions x 1 vector or 12 x 2
+  // 24 accumulators: 24 positions x 1 vector, or 12 x 2 for group sizes that are not whole 16-channel blocks;
+  // one block per task keeps the next layer's groups (16-channel blocks) apart
+  pk.nv = (pk.Og <= VL || pk.Og % VL == 0) ? 1 : 2;
   pk.nblk = (pk.Og + pk.nv * VL - 1) / (pk.nv * VL);
   const int lanes = pk.nv * VL;
   pk.w.assign((int64_t)groups * pk.nblk * pk.Cg * K4 * lanes, 0.0f);  // [g][block][c][tap][lanes]
@@ -407,14 +414,17 @@ Packed pack(int K, int C, int O, int groups, const float* w, const float* bias) 
 }
 
 // One output row of one layer: rows[0..K) are the padded input rows (channel-blocked, pk.C channels).
-// sum_groups (hsum layers, planar output): write the sum over groups of the ReLU'd outputs as channel 0.
-// Tasks are runs of consecutive wA planes (a plane a reads input planes a..a+K-1, so a run re-uses most of
-// what it reads from L2), split further into position ranges when there are few planes.
+// sum_groups (hsum layers, planar output): write the sum over groups of the ReLU'd outputs as channel 0;
+// groups after the first are computed into ``scratch`` ((groups - 1) planar rows) and added at the end, so
+// that every group is a separate task. Tasks are ordered group (or channel block) first, then runs of
+// consecutive wA planes (a plane a reads input planes a..a+K-1, so a run re-uses most of what it reads),
+// then position ranges when there are few planes.
 template <int K>
-void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* rows, const Out& out, bool sum_groups) {
+void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* rows, const Out& out, bool sum_groups,
+               float* scratch) {
   constexpr int K4 = K * K * K * K;
-  const int task_groups = sum_groups ? 1 : pk.groups;
-  const int64_t others = (int64_t)task_groups * (pk.hsum ? 1 : pk.nblk);
+  const int64_t plane_floats = (int64_t)g.WA * g.HB * g.WB;
+  const int64_t others = (int64_t)pk.groups * (pk.hsum ? 1 : pk.nblk);
   const int want = 2 * pool.size();  // tasks per (group, block) unit: a little more than one per thread
   const int nruns = std::min(g.WA, want);
   const int run_len = (g.WA + nruns - 1) / nruns;
@@ -430,13 +440,11 @@ void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* r
     const int a_begin = run * run_len, a_end = std::min(g.WA, a_begin + run_len);
     if (q_begin >= q_end || a_begin >= a_end) return;
     if (pk.hsum) {
-      const int g_first = sum_groups ? 0 : (int)u, g_last = sum_groups ? pk.groups : (int)u + 1;
-      for (int grp = g_first; grp < g_last; ++grp) {
-        Out o = out;
-        o.add = sum_groups && grp > 0;
-        hsum_run<K>(g, rows, grp * pk.Cg, pk.Cg, pk.w.data() + (int64_t)grp * pk.Cg * K4, pk.b[grp], a_begin, a_end,
-                    q_begin, q_end, o, sum_groups ? 0 : grp);
-      }
+      const int grp = (int)u;
+      Out o = out;
+      if (sum_groups && grp > 0) o.data = scratch + (grp - 1) * plane_floats;
+      hsum_run<K>(g, rows, grp * pk.Cg, pk.Cg, pk.w.data() + (int64_t)grp * pk.Cg * K4, pk.b[grp], a_begin, a_end,
+                  q_begin, q_end, o, sum_groups ? 0 : grp);
       return;
     }
     const int b = u % pk.nblk, grp = (int)(u / pk.nblk);
@@ -461,14 +469,25 @@ void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* r
       }
     }
   });
+  if (sum_groups && pk.groups > 1) {
+    const int64_t chunk = (plane_floats + 2 * pool.size() - 1) / (2 * pool.size());
+    pool.run(2 * pool.size(), [&](int64_t t) {
+      const int64_t lo = t * chunk, hi = std::min(plane_floats, lo + chunk);
+      for (int grp = 1; grp < pk.groups; ++grp) {
+        const float* src = scratch + (grp - 1) * plane_floats;
+        for (int64_t i = lo; i < hi; ++i) out.data[i] += src[i];
+      }
+    });
+  }
 }
 
+// scratch: (groups - 1) planar rows, needed when sum_groups
 void run_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* rows, const Out& out,
-             bool sum_groups = false) {
+             bool sum_groups = false, float* scratch = nullptr) {
   if (pk.K == 3)
-    layer_row<3>(pool, g, pk, rows, out, sum_groups);
+    layer_row<3>(pool, g, pk, rows, out, sum_groups, scratch);
   else
-    layer_row<5>(pool, g, pk, rows, out, sum_groups);
+    layer_row<5>(pool, g, pk, rows, out, sum_groups, scratch);
 }
 
 // planar [C][WA][HB][WB] (one row) -> padded channel-blocked row (borders untouched)
@@ -567,6 +586,7 @@ int ncdirect_conv4d_stack(const float* x, int HA, int C0, int WA, int HB, int WB
     ok = ok && ring.back()->data;
   }
   int rc = ok ? 0 : -3;
+  std::vector<float> scratch(sum_groups ? (size_t)(pks[last].groups - 1) * WA * HB * WB : 0);
   Pool pool(std::max(1, nthreads));
   // have[l] = number of rows of layer l's input produced so far (in order)
   std::vector<int> have(nlayers, 0);
@@ -606,7 +626,7 @@ int ncdirect_conv4d_stack(const float* x, int HA, int C0, int WA, int HB, int WB
       continue;
     }
     const Out o{dst, true, Olast, true};
-    run_row(pool, g, pks[last], rows, o, sum_groups != 0);
+    run_row(pool, g, pks[last], rows, o, sum_groups != 0, scratch.data());
   }
   for (auto* b : ring) delete b;
   return rc;
