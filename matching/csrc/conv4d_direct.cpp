@@ -111,7 +111,8 @@ struct Geo {  // spatial geometry shared by every layer of one call
 Geo make_geo(int WA, int HB, int WB, int k) {
   Geo g{};
   g.WA = WA; g.HB = HB; g.WB = WB; g.p = k / 2;
-  g.WAp = WA + 2 * g.p; g.HBp = HB + 2 * g.p; g.WBp = WB + 2 * g.p;
+  // row pitch WB + p: the p zeros after a row are also the left padding of the next row
+  g.WAp = WA + 2 * g.p; g.HBp = HB + 2 * g.p; g.WBp = WB + g.p;
   g.plane = (int64_t)g.HBp * g.WBp;
   g.vol = g.WAp * g.plane + 2 * g.WBp + 64;
   g.nq = HB * g.WBp;
