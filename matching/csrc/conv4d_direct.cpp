@@ -102,8 +102,8 @@ struct Buffer {  // 64-byte aligned, zero-initialised float array
 };
 
 struct Geo {  // spatial geometry shared by every layer of one call
-  int WA, HB, WB, p, WAp, HBp, WBp;
-  int64_t plane;  // HBp * WBp positions
+  int WA, HB, WB, p, WAp, WBp;
+  int64_t plane;  // positions between two wA planes: (HB + p) * WBp
   int64_t vol;    // positions per channel block of a row: WAp * plane + slack for the last block's over-reads
   int nq;         // flat positions covering the output plane: HB * WBp
 };
@@ -111,9 +111,10 @@ struct Geo {  // spatial geometry shared by every layer of one call
 Geo make_geo(int WA, int HB, int WB, int k) {
   Geo g{};
   g.WA = WA; g.HB = HB; g.WB = WB; g.p = k / 2;
-  // row pitch WB + p: the p zeros after a row are also the left padding of the next row
-  g.WAp = WA + 2 * g.p; g.HBp = HB + 2 * g.p; g.WBp = WB + g.p;
-  g.plane = (int64_t)g.HBp * g.WBp;
+  // row pitch WB + p: the p zeros after a row are also the left padding of the next row; likewise the p
+  // zero rows after a plane are the top padding of the next plane (plane stride (HB + p) rows)
+  g.WAp = WA + 2 * g.p; g.WBp = WB + g.p;
+  g.plane = (int64_t)(HB + g.p) * g.WBp;
   g.vol = g.WAp * g.plane + 2 * g.WBp + 64;
   g.nq = HB * g.WBp;
   return g;
