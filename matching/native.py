@@ -3,7 +3,8 @@
 The C++ source has no Python or torch headers, so it compiles in about two seconds with the system C++
 compiler (``$CXX``, else ``c++``/``g++``/``clang++``) into a shared library cached under
 ``$NCLOC_NATIVE_CACHE`` (default ``~/.cache/ncloc/native``), keyed by a hash of the source, the compiler
-and the flags. ``-march=native`` is tried first (AVX-512 where the CPU has it), then portable flags.
+and the flags. ``-march=native`` is tried first (AVX-512 where the CPU has it), then portable flags;
+``NCLOC_NATIVE_FLAGS`` (e.g. ``"-O3 -march=x86-64-v3"``) replaces them.
 Everything degrades gracefully: without a compiler, or with ``NCLOC_NATIVE=0``, ``available()`` is
 False and the torch implementations in ``matching.conv4d`` are used instead.
 """
@@ -68,7 +69,8 @@ def _build(cxx: str) -> Path:
     src = SOURCE.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
     errors = []
-    for flags in FLAG_SETS:
+    override = os.environ.get("NCLOC_NATIVE_FLAGS")
+    for flags in ([override.split()] if override else FLAG_SETS):
         key = hashlib.sha256(src + repr((cxx, version, flags, BASE_FLAGS, _cpu_tag(), ABI_VERSION)).encode())
         out = cache_dir() / f"ncdirect-{key.hexdigest()[:16]}.so"
         if out.exists():

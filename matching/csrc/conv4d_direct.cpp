@@ -32,7 +32,19 @@
 
 namespace {
 
+// Vector width and register count of the target: AVX-512 -> 16 floats and 32 registers; otherwise 8 floats
+// and 16 registers (AVX2: one ymm register each; a conservative choice elsewhere). The register blockings
+// below are sized from these.
+#if defined(__AVX512F__)
 constexpr int VL = 16;
+constexpr int NREG = 32;
+#else
+constexpr int VL = 8;
+constexpr int NREG = 16;
+#endif
+// positions per bcast block: accumulators (P x NV) + K x NV weight vectors + 1 broadcast value <= NREG
+template <int K, int NV>
+constexpr int bcast_positions() { return NREG == 32 && NV == 1 ? 24 : (K <= 3 ? 12 : 10); }
 typedef float vec __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
 
 inline vec loadu(const float* p) { return *reinterpret_cast<const vec*>(p); }
@@ -210,8 +222,9 @@ void bcast_plane(const Geo& g, const float* const* rows, int cin0, int Cg, const
   }
 }
 
+#if defined(__AVX512F__)
 // sum of the lanes of 16 vectors: result lane m = sum of the lanes of x[m]
-inline vec hsum16(const vec* x) {
+inline vec hsum_lanes(const vec* x) {
   vec c[8], d[4], e[2];
   for (int j = 0; j < 8; ++j)
     c[j] = __builtin_shufflevector(x[2 * j], x[2 * j + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
@@ -225,6 +238,20 @@ inline vec hsum16(const vec* x) {
   return __builtin_shufflevector(e[0], e[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
          __builtin_shufflevector(e[0], e[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
+#else
+// sum of the lanes of 8 vectors: result lane m = sum of the lanes of x[m]
+inline vec hsum_lanes(const vec* x) {
+  vec d[4], e[2];
+  for (int j = 0; j < 4; ++j)
+    d[j] = __builtin_shufflevector(x[2 * j], x[2 * j + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(x[2 * j], x[2 * j + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int j = 0; j < 2; ++j)
+    e[j] = __builtin_shufflevector(d[2 * j], d[2 * j + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(d[2 * j], d[2 * j + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  return __builtin_shufflevector(e[0], e[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(e[0], e[1], 1, 3, 5, 7, 9, 11, 13, 15);
+}
+#endif
 
 // hsum strip length in blocks of 16 positions: long enough that the K-1 halo rows of a plane (K-1 times WBp
 // positions) are a small part of what a strip reads, short enough that the K^2 plane regions one strip
@@ -280,7 +307,7 @@ void hsum_run(const Geo& g, const float* const* rows, int cin0, int Cg, const fl
     for (int b = 0; b < nb; ++b) {
       alignas(64) float lanes[P][1];
       alignas(64) float sums[VL];
-      storeu(sums, hsum16(strip[b]) + bias);
+      storeu(sums, hsum_lanes(strip[b]) + bias);
       for (int m = 0; m < P; ++m) lanes[m][0] = sums[m];
       put_block<P, 1>(g, out, a, s0 + b * P, ch, 1, lanes);
     }
@@ -399,7 +426,7 @@ Packed pack(int K, int C, int O, int groups, const float* w, const float* bias) 
   }
   // 24 accumulators: 24 positions x 1 vector, or 12 x 2 for group sizes that are not whole 16-channel blocks;
   // one block per task keeps the next layer's groups (16-channel blocks) apart
-  pk.nv = (pk.Og <= VL || pk.Og % VL == 0) ? 1 : 2;
+  pk.nv = (pk.Og <= VL || pk.Og % VL == 0 || NREG < 32) ? 1 : 2;
   pk.nblk = (pk.Og + pk.nv * VL - 1) / (pk.nv * VL);
   const int lanes = pk.nv * VL;
   pk.w.assign((int64_t)groups * pk.nblk * pk.Cg * K4 * lanes, 0.0f);  // [g][block][c][tap][lanes]
@@ -430,7 +457,7 @@ void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* r
   const int want = 2 * pool.size();  // tasks per (group, block) unit: a little more than one per thread
   const int nruns = std::min(g.WA, want);
   const int run_len = (g.WA + nruns - 1) / nruns;
-  const int quantum = pk.hsum ? strip_blocks(g) * VL : 24;
+  const int quantum = pk.hsum ? strip_blocks(g) * VL : bcast_positions<K, 1>();
   const int nchunks_max = std::max(1, (g.nq + quantum - 1) / quantum);
   const int nsplit = std::min(nchunks_max, std::max(1, (want + nruns - 1) / nruns));
   const int span = ((g.nq + nsplit - 1) / nsplit + quantum - 1) / quantum * quantum;
@@ -454,19 +481,19 @@ void layer_row(Pool& pool, const Geo& g, const Packed& pk, const float* const* r
     const int ch0 = grp * pk.Og + b * lanes, nch = std::min(lanes, pk.Og - b * lanes);
     const float* wb = pk.w.data() + (int64_t)blk * pk.Cg * K4 * lanes;
     const float* bb = pk.b.data() + (int64_t)blk * lanes;
-    // accumulators + K * nv weight vectors + 1 broadcast value fit the 32 vector registers
-    constexpr int P2 = K <= 3 ? 12 : 10;
+    // accumulators + K * nv weight vectors + 1 broadcast value fit the vector registers
+    constexpr int P1 = bcast_positions<K, 1>(), P2 = bcast_positions<K, 2>();
     const int cin0 = grp * pk.Cg;
     for (int a = a_begin; a < a_end; ++a) {
       if (block_size(pk.C) == 1) {
         if (pk.nv == 1)
-          bcast_plane<K, 1, 24, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
-        else
+          bcast_plane<K, 1, P1, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+        else if constexpr (NREG == 32)
           bcast_plane<K, 2, P2, 1>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
       } else {
         if (pk.nv == 1)
-          bcast_plane<K, 1, 24, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
-        else
+          bcast_plane<K, 1, P1, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
+        else if constexpr (NREG == 32)
           bcast_plane<K, 2, P2, VL>(g, rows, cin0, pk.Cg, wb, bb, a, q_begin, q_end, out, ch0, nch);
       }
     }
