@@ -10,7 +10,8 @@ def maxpool4d(corr: Tensor, k: int = 2) -> tuple[Tensor, Tensor]:
     """Max-pool corr [B, C, hA, wA, hB, wB] over non-overlapping k^4 windows (sides multiples of k).
 
     Returns (pooled [B, C, hA/k, wA/k, hB/k, wB/k], code) where code is the argmax position inside the
-    window as di*k^3 + dj*k^2 + dk*k + dl (uint8 when k^4 <= 256, else int64).
+    window as di*k^3 + dj*k^2 + dk*k + dl (uint8 when k^4 <= 256, else int64); on ties the first position
+    in that order (tested).
     """
     b, c, ha, wa, hb, wb = corr.shape
     if ha % k or wa % k or hb % k or wb % k:

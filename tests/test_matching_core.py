@@ -114,6 +114,18 @@ def test_maxpool4d_and_relocalize() -> None:
     assert torch.allclose(p1, p2) and torch.equal(c1, c2)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_maxpool4d_ties_and_k(k: int) -> None:
+    """Quantised values (many ties): the first maximum in (di, dj, dk, dl) order, as the reference."""
+    c = torch.round(rand(2, 1, 2 * k, k, 3 * k, 2 * k, seed=13) * 2) / 2
+    pooled, code = maxpool4d(c, k)
+    ref_v, ref_arg = ref_maxpool4d(c.numpy(), k)
+    assert np.array_equal(pooled.numpy(), ref_v)
+    offs = torch.stack(unravel_offsets(code, k), dim=-1).numpy()
+    coarse = np.stack(np.meshgrid(*[np.arange(s) for s in pooled.shape[2:]], indexing="ij"), axis=-1)
+    assert np.array_equal(coarse[None, None] * k + offs, ref_arg)
+
+
 def test_extract_matches() -> None:
     c = rand(1, 1, *SIZES, seed=11)
     m = extract_matches(c, size_a=(30, 50), size_b=(40, 70))
