@@ -257,6 +257,10 @@ def main() -> int:
         for config in args.configs:
             r = consensus_vs_loop(shape, config, args.device, gflops)
             print(json.dumps(r))
+            print(f"{config} {args.loop_shape}: ours {r['ours_auto_best_s'] * 1e3:.1f} ms, conv3d loop "
+                  f"{r['conv3d_loop_s'] * 1e3:.0f} ms ({r['auto_speedup_vs_loop']:.1f}x faster), FLOP-limited "
+                  f"{r['flop_limited_s'] * 1e3:.1f} ms at {r['gemm_gflops_best']:.0f} GFLOP/s "
+                  f"({r['auto_vs_flop_limited']:.2f}x of it)", flush=True)
             results.append(r)
     cases = []
     if args.inloc:
