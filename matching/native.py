@@ -76,6 +76,7 @@ def _build(cxx: str) -> Path:
         if out.exists():
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
+        log.info("compiling the native 4D convolution (%s %s) into %s", Path(cxx).name, " ".join(flags), out)
         fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
         os.close(fd)
         res = subprocess.run([cxx, *flags, *BASE_FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
