@@ -131,7 +131,6 @@ class NeighConsensus(nn.Module):
             outs.append(h.to(corr.dtype))
         return torch.cat(outs, dim=1).transpose(1, 2).contiguous()
 
-
     def _native_ok(self, corr: Tensor, layers: list[tuple[Tensor, Tensor | None, int]]) -> bool:
         """True when the compiled whole-network kernel applies to this call."""
         if self.method not in ("auto", "direct"):

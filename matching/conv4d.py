@@ -39,11 +39,11 @@ def resolve_method(method: str, device: torch.device, cin_per_group: int = 1, co
     """'auto' -> the benchmarked default for the device type and layer shape; otherwise validate the name.
 
     On CPU the compiled ``direct`` kernel comes first when it is available, supports the kernel size and
-    ``native_ok`` (no autograd, float32); an explicit ``direct`` that cannot run falls back to this rule.
-    Among the torch methods on CPU, GEMM-then-shift-and-add wins when the layer has few OUTPUT channels and k = 3 (the 16->1
-    layer: 0.08 s vs 0.15 s for conv3d on a 25^4 tensor, 2 idle cores); the 1->16 layer is faster as one
-    conv3d over row-stacked inputs (``stack3d``: 0.044 s vs 0.081 s for im2col GEMM at 25^4, 0.12 vs 0.34 s
-    at 30x40x30x40), as are wide and k = 5 layers.
+    ``native_ok`` (no autograd, float32); an explicit ``direct`` that cannot run falls back to the rule
+    below. Among the torch methods on CPU, GEMM-then-shift-and-add wins when the layer has few OUTPUT
+    channels and k = 3 (the 16->1 layer: 0.08 s vs 0.15 s for conv3d on a 25^4 tensor, 2 idle cores); the
+    1->16 layer is faster as one conv3d over row-stacked inputs (``stack3d``: 0.044 s vs 0.081 s for im2col
+    GEMM at 25^4, 0.12 vs 0.34 s at 30x40x30x40), as are wide and k = 5 layers.
     """
     if method == "direct" and not (native_ok and device.type == "cpu" and native.available()
                                    and kernel_size in native.SUPPORTED_KERNELS):
