@@ -6,17 +6,18 @@
 //   (the caller passes k - 1 halo rows); weight [O, C/groups, k, k, k, k], kernel axes follow (hA, wA, hB, wB);
 //   out[o, r, a, h, w] = bias[o] + sum_{c, d} W[o, c, d] * x[c, r + d0, a + d1 - p, h + d2 - p, w + d3 - p].
 //
-// Layout: one hA row of activations is a padded volume [WA + 2p][HB + 2p][WB + 2p] with zero borders, stored
-// channel-blocked: [C / BS][volume][BS] with BS = 16 channels per block (BS = 1 for a single channel), so a
-// block of one position is one 64-byte line. A (hB, wB) plane is walked as a flat array, so every kernel tap is a constant offset, and
-// blocks of consecutive flat positions are computed at once (positions with w >= WB fall on the border and
-// are dropped). Two register-blocked micro-kernels (16 floats = one AVX-512 register; GCC vector extensions,
-// so other SIMD widths compile too):
+// Layout: one hA row of activations is a zero-padded volume of WA + 2p planes, each plane HB + p rows of
+// WB + p values (the p zeros after a row are also the left padding of the next row, the p zero rows after
+// a plane the top padding of the next plane), stored channel-blocked: [C / VL][volume][VL] (VL = vector
+// width in floats, one block = one 64-byte line with AVX-512; a single channel is stored unblocked). A plane
+// is walked as a flat array, so every kernel tap is a constant offset, and blocks of consecutive flat
+// positions are computed at once (positions with w >= WB fall on the padding and are dropped). Two
+// register-blocked micro-kernels (GCC vector extensions):
 //   * bcast: output channels in the vector lanes, one broadcast input value per position, each loaded value
 //     reused by the k taps along wB; for groups with several output channels (1->16, 16->16 layers).
-//   * hsum: input channels in the lanes (a multiple of 16), 16 positions, each loaded input vector reused by
-//     the k taps along wB, partial sums reduced by a shuffle tree; for 16c->1 layers. The plane is processed
-//     in strips so the input rows a strip needs stay in L1 across the k^2 (d0, d1) planes.
+//   * hsum: input channels in the lanes (a multiple of VL), VL positions, each loaded input vector reused by
+//     the k taps along wB, partial sums reduced by a shuffle tree; for 16c->1 layers. Strips of positions
+//     run over consecutive planes, so the k^2 plane regions a strip reads stay in L2.
 // A stack of layers (the consensus network) streams over hA rows: each intermediate layer keeps a ring of
 // k rows, so the temporary memory is a few rows whatever the tensor size.
 #include <algorithm>
