@@ -152,8 +152,8 @@ class NeighConsensus(nn.Module):
             h = native.conv4d_stack(x, layers, -halo, ha + halo, sum_groups=sum_groups)
             if self.symmetric and not sum_groups:
                 h = h.sum(dim=1, keepdim=True)
-            outs.append(h.transpose(0, 1))
-        return torch.stack(outs)
+            outs.append(h.transpose(0, 1))  # [1, hA, ...]: contiguous (size-1 axis), no copy
+        return outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)
 
 
 def _zero_outside(h: Tensor, lo: int, hi: int) -> Tensor:

@@ -148,8 +148,7 @@ def usable(x: Tensor, *weights: Tensor | None) -> bool:
 
 def release_workspace() -> int:
     """Free the scratch buffers the kernels keep between calls (at most 256 MB); returns the bytes freed."""
-    lib = _lib if _tried else None
-    return int(lib.ncdirect_release_workspace()) if lib is not None else 0
+    return int(_lib.ncdirect_release_workspace()) if _lib is not None else 0
 
 
 def _check(rc: int, what: str) -> None:
