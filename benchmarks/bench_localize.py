@@ -64,7 +64,7 @@ def prepare_tum_split(out: Path, max_queries: int | None = None,
                       camera: str = "distorted") -> tuple[Path, Path, Path, Path]:
     """Export even frames as the database and odd frames as queries; returns (db, qdir, list, gt)."""
     from datasets.tum import TUM_DEFAULT, TUM_FR1_CALIBRATED, TUM_FR1_DISTORTED, export_rgbd_folder, read_tum_frames
-    from localize.formats import write_poses, write_query_list
+    from localize.core.formats import write_poses, write_query_list
 
     cam = {"distorted": TUM_FR1_DISTORTED, "calibrated": TUM_FR1_CALIBRATED, "default": TUM_DEFAULT}[camera]
     root = SHARED / "tum_fr1_xyz"
@@ -199,7 +199,7 @@ def _pair_times(export_dir: Path) -> list[dict]:
         with h5py.File(f5, "r") as f:
             for g in f.values():
                 if isinstance(g, h5py.Group) and "time_s" in g:
-                    key = g.name.lstrip("/").replace("%2F", "/").replace("%25", "%")  # localize.cache group names
+                    key = g.name.lstrip("/").replace("%2F", "/").replace("%25", "%")  # localize.core.cache group names
                     rows.append({"pair": key, "s": round(float(g["time_s"][()]), 3),
                                  "matches": int(g["scores"].shape[0]) if "scores" in g else None})
     return rows
@@ -255,7 +255,7 @@ def _image_size(path: str | Path) -> list[int]:
 def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     """Seconds per query by stage and peak RSS of each preset at the InLoc image sizes (see the module docstring)."""
     from localize import run
-    from localize.formats import read_query_list, write_query_list
+    from localize.core.formats import read_query_list, write_query_list
 
     names = [c.strip() for c in args.conf.split(",") if c.strip()]
     for n in names:
@@ -314,7 +314,7 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
 def _inloc_size_doc(name: str, conf: dict, preset_pairs: int, args: argparse.Namespace, size: str, db: str,
                     qdir: Path, r: dict) -> dict:
     """The JSON report of one preset from the worker's raw results."""
-    from localize.formats import read_query_list
+    from localize.core.formats import read_query_list
 
     rows = r["rows"]
     nq = max(len(rows), 1)

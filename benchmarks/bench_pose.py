@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets.correspondences import dense_correspondences  # noqa: E402
-from datasets.records import load_rgb  # noqa: E402
+from localize.core.records import load_rgb  # noqa: E402
 from datasets.tum import read_tum  # noqa: E402
-from localize.geometry import Pose, pose_error  # noqa: E402
+from localize.core.geometry import Pose, pose_error  # noqa: E402
 from pose.densepv import DensePVConfig, db_point_cloud, densepv_score, save_render_debug  # noqa: E402
 from pose.lifting import lift_matches  # noqa: E402
 from pose.pnp import PnPConfig, estimate_pose  # noqa: E402

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from localize.geometry import pose_error
+from localize.core.geometry import pose_error
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS: dict = {}
@@ -56,7 +56,7 @@ def _recalls(pairs: dict, correct, ks=(1, 5, 10)) -> dict:
 
 def bench_speed() -> None:
     """Descriptors per second (weight-free default; VGG16-NetVLAD with random weights)."""
-    from datasets.records import load_rgb
+    from localize.core.records import load_rgb
     from datasets.tum import read_tum
     from retrieval.extract import load_extractor
     from retrieval.netvlad import NetVLADModel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from localize.geometry import Camera, Pose, project_world
+from localize.core.geometry import Camera, Pose, project_world
 
 
 def dense_correspondences(xyz_a: np.ndarray, camera_b: Camera, pose_b: Pose, depth_b: np.ndarray,

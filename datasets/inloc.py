@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from datasets.records import DbImage
-from localize.formats import atomic_write
-from localize.geometry import Camera, Pose
+from localize.core.records import DbImage
+from localize.core.formats import atomic_write
+from localize.core.geometry import Camera, Pose
 
 INLOC_QUERY_SIZE = (4032, 3024)
 INLOC_QUERY_FOCAL = 4032 * 28 / 36  # = 3136 px at 4032 x 3024

@@ -1,6 +1,6 @@
 """Exact ray casting of textured axis-aligned boxes (numpy, CPU): colour, z-depth and world XYZ.
 
-Conventions: world frame metres with **z up**; camera per ``localize.geometry`` (x right, y down,
+Conventions: world frame metres with **z up**; camera per ``localize.core.geometry`` (x right, y down,
 z forward, world-to-camera ``Pose``, COLMAP pixel centres at +0.5). A pixel's ray is
 ``C + t * R^T K^-1 (u, v, 1)``, so the ray parameter t of the first hit *is* the z-depth.
 
@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from datasets.textures import mip_pyramid
-from localize.geometry import Camera, Pose
+from localize.core.geometry import Camera, Pose
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from datasets.records import DbImage
-from localize.formats import atomic_write, read_poses, read_query_list, write_poses, write_query_list
-from localize.geometry import Camera, Pose, depth_to_world
+from localize.core.records import DbImage
+from localize.core.formats import atomic_write, read_poses, read_query_list, write_poses, write_query_list
+from localize.core.geometry import Camera, Pose, depth_to_world
 
 
 def depth_path(root: Path, name: str) -> Path:

@@ -8,7 +8,7 @@ timing the pipeline (``benchmarks/bench_localize.py inloc-size``).
 
 World frame: metres, **z up**, floor of the ground storey at z = 0; the building is a row of
 rooms on both sides of a corridor running along +x (storey ``k`` has its floor at z = 3 k).
-Cameras follow ``localize.geometry`` (x right, y down, z forward; poses WORLD-TO-CAMERA; COLMAP
+Cameras follow ``localize.core.geometry`` (x right, y down, z forward; poses WORLD-TO-CAMERA; COLMAP
 pixel centres). Cutout yaw is measured in the scan frame about +z from the scan's +x axis;
 positive pitch looks up.
 
@@ -62,9 +62,9 @@ from tqdm import tqdm
 from datasets import textures as T
 from datasets.correspondences import covisibility, dense_correspondences
 from datasets.raycast import Box, CompiledScene, Illumination, Lamp, Surface, cast_rays, shade
-from datasets.records import DbImage
-from localize.formats import atomic_write, write_poses, write_query_list
-from localize.geometry import Camera, Pose, look_at
+from localize.core.records import DbImage
+from localize.core.formats import atomic_write, write_poses, write_query_list
+from localize.core.geometry import Camera, Pose, look_at
 
 log = logging.getLogger(__name__)
 
@@ -936,7 +936,7 @@ class View:
     def world_xyz(self) -> np.ndarray:
         """H x W x 3 world points (NaN = none)."""
         if self.xyz is None:
-            from localize.geometry import depth_to_world
+            from localize.core.geometry import depth_to_world
             self.xyz = depth_to_world(self.depth, self.camera, self.pose)
         return self.xyz
 
@@ -1371,7 +1371,7 @@ def _train_seed(seed: int) -> int:
 
 def _write_preview(out: Path, n_db: int = 12, n_q: int = 12) -> Path:
     """Contact sheet of database and query images (with names) -> out/preview.png."""
-    from datasets.records import load_rgb
+    from localize.core.records import load_rgb
     from datasets.rgbd_folder import write_image
 
     db_imgs = sorted((out / "db" / "images").rglob("*.jpg")) or sorted((out / "inloc" / "cutouts").rglob("*.jpg"))

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from datasets.records import DbImage
+from localize.core.records import DbImage
 from datasets.rgbd_folder import depth_path, read_depth_png
-from localize.formats import atomic_write, write_poses, write_query_list
-from localize.geometry import Camera, Pose, depth_to_world
+from localize.core.formats import atomic_write, write_poses, write_query_list
+from localize.core.geometry import Camera, Pose, depth_to_world
 
 TUM_DEPTH_SCALE = 5000.0
 # fr1 calibrated RGB camera: pinhole part only (distortion ignored), the full OpenCV model with its

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.records import DbImage
-from localize.formats import read_query_list
-from localize.geometry import Camera
+from localize.core.records import DbImage
+from localize.core.formats import read_query_list
+from localize.core.geometry import Camera
 
 logger = logging.getLogger(__name__)
 

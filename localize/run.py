@@ -2,7 +2,7 @@
 
 ``python -m localize.run --query-dir DIR --db DB [--db-format rgbd|tum|inloc] ...`` or
 ``python -m localize.run --demo``. Each stage's results go to ``<export-dir>/<stage>-<hash>.h5``
-(``localize.cache``): a rerun with the same configuration recomputes nothing, a changed stage
+(``localize.core.cache``): a rerun with the same configuration recomputes nothing, a changed stage
 configuration recomputes that stage and the ones after it. Writes ``poses.txt`` (world-to-camera,
 with the top-1 database image as 9th column) and ``log.jsonl`` (one JSON object per query).
 """
@@ -22,10 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from datasets.records import DbImage, load_rgb
-from localize.cache import StageCache, file_fingerprint
-from localize.formats import PoseEntry, atomic_write, write_poses
-from localize.geometry import Pose
+from localize.core.records import DbImage, load_rgb
+from localize.core.cache import StageCache, file_fingerprint
+from localize.core.formats import PoseEntry, atomic_write, write_poses
+from localize.core.geometry import Pose
 from localize.executors import LocalExecutor, make_executor
 from localize.queries import DB_FORMATS, Query, list_queries, load_database
 from localize.workers import DensePVWorker, MatchWorker, PoseWorker, candidates_from_record

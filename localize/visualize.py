@@ -8,9 +8,9 @@ from typing import Mapping
 
 import numpy as np
 
-from datasets.records import DbImage, load_rgb
-from localize.formats import atomic_write
-from localize.geometry import Pose
+from localize.core.records import DbImage, load_rgb
+from localize.core.formats import atomic_write
+from localize.core.geometry import Pose
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from datasets.records import load_rgb
-from localize.geometry import Camera, Pose
+from localize.core.records import load_rgb
+from localize.core.geometry import Camera, Pose
 
 
 class MatchWorker:

@@ -87,7 +87,7 @@ def pair_pck(kp_a_true: np.ndarray, kp_a_pred: np.ndarray, size_a_hw: tuple[floa
 def load_square(path: Path, side: int) -> tuple[Tensor, tuple[int, int]]:
     """Image -> ([1, 3, side, side] float 0..1, original (H, W)); resized without keeping the aspect."""
     from matching.train import load_image_tensor
-    from datasets.records import load_rgb
+    from localize.core.records import load_rgb
 
     img = load_rgb(path)
     return load_image_tensor(path, (side, side))[None], img.shape[:2]

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from localize.geometry import Camera, Pose, depth_to_world, project_world
+from localize.core.geometry import Camera, Pose, depth_to_world, project_world
 
 log = logging.getLogger(__name__)
 GroundTruth = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -53,7 +53,7 @@ def depth_ground_truth(depth_a: np.ndarray, depth_b: np.ndarray | None, camera_a
     Pixels of A are lifted with bilinear depth, projected into B; with ``depth_b`` a point counts only
     when B's depth at the projection agrees within ``occlusion_tol`` (relative), i.e. it is visible.
     """
-    from datasets.records import lift_pixels
+    from localize.core.records import lift_pixels
 
     xyz = depth_to_world(np.where(np.isfinite(depth_a), depth_a, 0.0), camera_a, pose_a)
 

@@ -132,7 +132,7 @@ def load_image_tensor(path: Path, size_wh: tuple[int, int], flip: bool = False) 
     """Image file -> [3, H, W] float 0..1 RGB resized to size_wh (area / linear), optionally flipped."""
     import cv2
 
-    from datasets.records import load_rgb
+    from localize.core.records import load_rgb
 
     img = load_rgb(path)
     if flip:

@@ -18,8 +18,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from datasets.records import DbImage
-from localize.geometry import Camera
+from localize.core.records import DbImage
+from localize.core.geometry import Camera
 from pose.lifting import lift_matches
 from pose.pnp import PnPConfig, PoseResult, estimate_pose
 

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.records import DbImage, load_rgb
-from localize.geometry import Camera, Pose
+from localize.core.records import DbImage, load_rgb
+from localize.core.geometry import Camera, Pose
 from matching.dense_sift import dense_rootsift
 
 logger = logging.getLogger(__name__)

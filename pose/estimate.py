@@ -12,7 +12,7 @@ every HDF5 group holding the datasets ``keypoints0`` (query pixels N x 2, COLMAP
 top-left pixel centre = (0.5, 0.5)), ``keypoints1`` (database pixels N x 2) and optionally
 ``scores`` (N) is one (query, database image) pair. The pair is named, first found of:
 the group attributes ``query`` and ``db``; a ``__key__`` attribute (group, or file for a group
-named ``entry``, as written by ``localize.cache.StageCache``) ``<query>/<db>``; else the group path
+named ``entry``, as written by ``localize.core.cache.StageCache``) ``<query>/<db>``; else the group path
 ``<query>/<db>`` (nested groups, or one flat group with '/' escaped as ``%2F``, '%' as ``%25``).
 The query part is matched against the names of the query list (longest prefix), so names may
 contain '/'. Pairs whose query is not in the list are ignored (with a warning).
@@ -33,9 +33,9 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from datasets.records import DbImage, load_rgb
-from localize.formats import PoseEntry, read_query_list, write_poses
-from localize.geometry import Camera
+from localize.core.records import DbImage, load_rgb
+from localize.core.formats import PoseEntry, read_query_list, write_poses
+from localize.core.geometry import Camera
 from pose.candidates import Candidate, CandidatesConfig, PairMatches, estimate_candidates
 from pose.densepv import DensePVConfig, db_point_source, rerank_candidates, scan_point_source
 from pose.pnp import PnPConfig

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from datasets.records import DbImage, lift_pixels
+from localize.core.records import DbImage, lift_pixels
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Absolute pose from 2D–3D matches: PnP inside RANSAC (pycolmap >= 4 or OpenCV) + refinement.
 
-Conventions (see ``localize.geometry``): 2D points are query pixels in the COLMAP convention
+Conventions (see ``localize.core.geometry``): 2D points are query pixels in the COLMAP convention
 (centre of the top-left pixel = (0.5, 0.5)); 3D points are world coordinates in metres; the
 returned ``Pose`` is WORLD-TO-CAMERA. pycolmap uses the same pixel convention as we do. For
 OpenCV, the intrinsics matrix and the 2D points are both shifted by -0.5 px so that they are in
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from localize.geometry import Camera, Pose, xyzw_to_wxyz
+from localize.core.geometry import Camera, Pose, xyzw_to_wxyz
 
 logger = logging.getLogger(__name__)
 

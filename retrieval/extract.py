@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets.records import load_rgb
-from localize.cache import StageCache, file_fingerprint
+from localize.core.records import load_rgb
+from localize.core.cache import StageCache, file_fingerprint
 from matching.dense_sift import DESCRIPTOR_DIM, dense_rootsift
 from retrieval.netvlad import NetVLAD, kmeans
 

@@ -28,8 +28,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from datasets.records import DbImage, load_rgb
-from localize.geometry import Camera
+from localize.core.records import DbImage, load_rgb
+from localize.core.geometry import Camera
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def main(conf: RerankConfig, shortlists: Mapping[str, Sequence[tuple[str, float]
 
 
 def _cli(argv: Sequence[str] | None = None) -> int:
-    from localize.formats import read_pairs, write_pairs
+    from localize.core.formats import read_pairs, write_pairs
     from localize.queries import DB_FORMATS, list_queries, load_database
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -286,12 +286,12 @@ def iter_cached_descriptors(cache, role: str = "db", chunk_size: int = 65536
                             ) -> Iterator[tuple[list[str], np.ndarray]]:
     """(image names, descriptors [n, D] float32) chunks of a ``global-descriptors`` stage cache, sorted by name.
 
-    ``cache`` is a ``localize.cache.StageCache`` (e.g. ``retrieval.extract.descriptor_cache``) or the
+    ``cache`` is a ``localize.core.cache.StageCache`` (e.g. ``retrieval.extract.descriptor_cache``) or the
     path of its merged ``.h5`` file. Reads one chunk at a time.
     """
     import h5py
 
-    from localize.cache import StageCache, _group_name
+    from localize.core.cache import StageCache, _group_name
 
     names = cached_names(cache, role)
     if isinstance(cache, StageCache):
@@ -344,7 +344,7 @@ def cached_names(cache, role: str = "db") -> list[str]:
 
     import h5py
 
-    from localize.cache import StageCache
+    from localize.core.cache import StageCache
 
     prefix = f"{role}/"
     if isinstance(cache, StageCache):

@@ -6,7 +6,7 @@ CLI::
         [--top-k 40] --out pairs.txt [--export-dir DIR] [--conf NAME] [--netvlad-weights FILE]
         [--index flat|ivf|ivfsq8|ivfpq] [--nprobe 16] [--device cpu|cuda]
 
-writes ``query_name db_name score`` lines, best first per query (``localize.formats.write_pairs``).
+writes ``query_name db_name score`` lines, best first per query (``localize.core.formats.write_pairs``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from datasets.records import DbImage
-from localize.formats import read_query_list, write_pairs
+from localize.core.records import DbImage
+from localize.core.formats import read_query_list, write_pairs
 from retrieval.extract import CONFS, extract_global, load_extractor, resolve_conf
 from retrieval.index import build_index
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets.records import DbImage, load_rgb
-from localize.geometry import pose_error
+from localize.core.records import DbImage, load_rgb
+from localize.core.geometry import pose_error
 from retrieval.extract import CONFS, DenseVLAD, dense_local_features
 from retrieval.netvlad import kmeans
 

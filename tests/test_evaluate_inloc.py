@@ -7,8 +7,8 @@ import pytest
 import scipy.io
 
 from localize import evaluate_inloc
-from localize.formats import PoseEntry, read_poses, write_poses
-from localize.geometry import Pose, look_at
+from localize.core.formats import PoseEntry, read_poses, write_poses
+from localize.core.geometry import Pose, look_at
 
 PUBLISHED = {"DUC1": [40.9, 58.1, 70.2], "DUC2": [35.9, 54.2, 69.5]}
 

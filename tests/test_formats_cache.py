@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from localize.cache import StageCache
-from localize.formats import (PoseEntry, atomic_write, read_pairs, read_poses, read_query_list, write_pairs,
+from localize.core.cache import StageCache
+from localize.core.formats import (PoseEntry, atomic_write, read_pairs, read_poses, read_query_list, write_pairs,
                               write_poses, write_query_list)
-from localize.geometry import Camera, Pose, look_at
+from localize.core.geometry import Camera, Pose, look_at
 
 
 def test_poses_file_roundtrip(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from localize.geometry import (Camera, Pose, depth_to_world, look_at, matrix_to_quat_wxyz, pose_error,
+from localize.core.geometry import (Camera, Pose, depth_to_world, look_at, matrix_to_quat_wxyz, pose_error,
                                project_world, quat_wxyz_to_matrix, xyzw_to_wxyz)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from localize import run as runmod
 from localize.evaluate_inloc import evaluate
-from localize.formats import read_poses, read_query_list, write_query_list
+from localize.core.formats import read_poses, read_query_list, write_query_list
 from conftest import tiny_pipeline_conf
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ import numpy as np
 
 from localize import run as runmod
 from localize.evaluate_inloc import evaluate
-from localize.formats import read_poses
+from localize.core.formats import read_poses
 
 
 def test_tum_reduced_split_centimetre_accuracy(tum_root, tmp_path):
     from datasets.tum import TUM_FR1_DISTORTED, export_rgbd_folder, read_tum_frames
-    from localize.formats import write_query_list
+    from localize.core.formats import write_query_list
 
     frames = read_tum_frames(tum_root)[20:40]
     db = export_rgbd_folder(tum_root, tmp_path / "db", frames[0::2], camera="distorted")

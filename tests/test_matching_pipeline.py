@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from localize.geometry import Camera, Pose
+from localize.core.geometry import Camera, Pose
 from matching.evaluate import depth_ground_truth, match_accuracy
 from matching.match import main, match_images, read_matches_h5, resized_shape
 from matching.model import build_ncnet

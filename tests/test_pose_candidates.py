@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from datasets.correspondences import dense_correspondences
-from datasets.records import DbImage
+from localize.core.records import DbImage
 from datasets.rgbd_folder import write_image, write_rgbd_folder
-from localize.formats import read_poses, write_query_list
-from localize.geometry import depth_to_world, look_at, pose_error
+from localize.core.formats import read_poses, write_query_list
+from localize.core.geometry import depth_to_world, look_at, pose_error
 from pose.candidates import POOLED_NAME, CandidatesConfig, PairMatches, estimate_candidates
 from pose.estimate import main as estimate_main
 from pose.estimate import read_matches
@@ -104,7 +104,7 @@ def test_cli_end_to_end(scene, tmp_path: Path) -> None:
         for m in (m0, m1):  # nested layout: <query>/<db> with '/' inside names
             g = f.create_group(f"q/query.png/{m.db_name}")
             g["keypoints0"], g["keypoints1"], g["scores"] = m.kpts_query, m.kpts_db, m.scores
-        g = f.create_group("q2.png%2Fdb1.png")  # flat, escaped layout (localize.cache)
+        g = f.create_group("q2.png%2Fdb1.png")  # flat, escaped layout (localize.core.cache)
         g["keypoints0"], g["keypoints1"], g["scores"] = m1.kpts_query, m1.kpts_db, m1.scores
         g = f.create_group("unknown.png/db1.png")
         g["keypoints0"], g["keypoints1"] = m1.kpts_query, m1.kpts_db

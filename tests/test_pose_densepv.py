@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.records import DbImage
-from localize.geometry import Camera, Pose, depth_to_world
+from localize.core.records import DbImage
+from localize.core.geometry import Camera, Pose, depth_to_world
 from pose.candidates import Candidate
 from pose.densepv import (DensePVConfig, densepv_score, render_points, render_size, rerank_candidates,
                           save_render_debug)

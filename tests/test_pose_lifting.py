@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.records import DbImage
-from localize.geometry import Camera, Pose, depth_to_world, look_at
+from localize.core.records import DbImage
+from localize.core.geometry import Camera, Pose, depth_to_world, look_at
 from pose.lifting import lift_matches, lift_points
 
 CAM = Camera.pinhole(160, 120, 150.0, cx=81.0, cy=59.5)

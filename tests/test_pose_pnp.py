@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localize.geometry import Camera, look_at, pose_error, project_world
+from localize.core.geometry import Camera, look_at, pose_error, project_world
 from pose.pnp import PnPConfig, PoseResult, degeneracy_reason, estimate_pose
 
 
@@ -125,7 +125,7 @@ def test_pixel_convention_half_pixel() -> None:
 
 def test_far_away_degenerate_pose_is_rejected():
     """A pose that sees all inliers as one distant point is reported as degenerate, not returned."""
-    from localize.geometry import look_at
+    from localize.core.geometry import look_at
     from pose.pnp import _pose_is_sane
 
     pts = np.random.default_rng(0).uniform(-1, 1, (50, 3))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from localize.geometry import Camera, Pose, look_at
+from localize.core.geometry import Camera, Pose, look_at
 
 LO = np.array([-2.0, -2.0, 0.0])
 HI = np.array([2.0, 2.0, 3.0])

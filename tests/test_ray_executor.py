@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from localize import run as runmod  # noqa: E402
 from localize.executors import LocalExecutor, make_executor  # noqa: E402
-from localize.formats import read_query_list, write_query_list  # noqa: E402
+from localize.core.formats import read_query_list, write_query_list  # noqa: E402
 
 NUM_QUERIES = 3
 

@@ -6,10 +6,10 @@ from scipy.spatial.transform import Rotation
 
 from datasets.inloc import (estimate_cutout_pose, inloc_query_camera, read_inloc_db, read_p_after,
                             write_inloc_alignment, write_inloc_cutout)
-from datasets.records import lift_pixels
+from localize.core.records import lift_pixels
 from datasets.rgbd_folder import read_rgbd_folder, write_rgbd_folder
 from datasets.tum import export_rgbd_folder, read_tum, read_tum_frames
-from localize.geometry import Camera, Pose, depth_to_world, look_at, project_world
+from localize.core.geometry import Camera, Pose, depth_to_world, look_at, project_world
 
 
 def _plane_depth(cam: Camera, pose: Pose) -> np.ndarray:

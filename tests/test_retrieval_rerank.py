@@ -57,8 +57,8 @@ def _far_views(tiny: Path, query: str, n: int) -> list[str]:
 
 
 def test_verifier_ranks_the_overlapping_view_first(tiny):
-    from datasets.records import load_rgb
-    from localize.formats import read_query_list
+    from localize.core.records import load_rgb
+    from localize.core.formats import read_query_list
     from localize.queries import load_database
 
     db = load_database(tiny / "db", "rgbd")
@@ -81,7 +81,7 @@ def test_verifier_ranks_the_overlapping_view_first(tiny):
 
 
 def test_cli_writes_reranked_pairs(tiny, tmp_path):
-    from localize.formats import read_pairs, write_pairs
+    from localize.core.formats import read_pairs, write_pairs
 
     meta = json.loads((tiny / "queries" / "queries_meta.json").read_text())
     q = max(meta, key=lambda k: meta[k]["best_covisibility"])

@@ -7,7 +7,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from localize.cache import StageCache
+from localize.core.cache import StageCache
 from retrieval import scale
 from retrieval.index import exact_search
 

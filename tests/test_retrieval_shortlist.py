@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localize.formats import read_pairs
-from localize.geometry import pose_error
+from localize.core.formats import read_pairs
+from localize.core.geometry import pose_error
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TUM = DATA / "tum_fr1_xyz"
@@ -67,7 +67,7 @@ def test_tum_shortlist_recall_and_cache(tmp_path, monkeypatch):
 def _small_rgbd(tmp_path, n=6):
     """A plain RGB-D folder of textured random images (poses along a line)."""
     from datasets.rgbd_folder import write_rgbd_folder
-    from localize.geometry import Camera, Pose
+    from localize.core.geometry import Camera, Pose
 
     rng = np.random.default_rng(0)
     cam = Camera.pinhole(96, 64, 80.0)

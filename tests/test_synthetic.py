@@ -12,8 +12,8 @@ import pytest
 from datasets import synthetic as S
 from datasets.inloc import read_inloc_db
 from datasets.rgbd_folder import read_depth_png, read_rgbd_folder
-from localize.formats import read_poses, read_query_list
-from localize.geometry import depth_to_world, project_world
+from localize.core.formats import read_poses, read_query_list
+from localize.core.geometry import depth_to_world, project_world
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from localize.geometry import look_at
+from localize.core.geometry import look_at
 from localize.visualize import camera_marker, plot_matches, write_ply
 
 

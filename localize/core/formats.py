@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from localize.geometry import Camera, Pose
+from localize.core.geometry import Camera, Pose
 
 
 @contextmanager

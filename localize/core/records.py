@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from localize.geometry import Camera, Pose
+from localize.core.geometry import Camera, Pose
 
 
 def lift_pixels(xyz: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

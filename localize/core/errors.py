@@ -1,0 +1,23 @@
+"""Exception types for bad input, caught by type (never by message text) where a run goes on with the rest."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad input that the user owns (a file, a list line, an option): reported with its item, never a bug."""
+
+
+class DatabaseError(InputError):
+    """A database (folder, reader, record) that cannot be used: the run cannot start."""
+
+
+class QueryError(InputError):
+    """One query that cannot be localized (unreadable image, no camera): reported, the run goes on."""
+
+
+class ConfigError(InputError, ValueError):
+    """A configuration with an unknown key or an invalid value."""
+
+
+class CheckpointError(InputError):
+    """A weight file that cannot be loaded safely or does not fit the model."""
