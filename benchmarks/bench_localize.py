@@ -210,7 +210,7 @@ def _run_preset(name: str, conf: dict, db: str, qdir: str, qlist: str, export_di
     import logging
 
     from localize import run
-    from localize.queries import load_database
+    from datasets.database import load_database
     from retrieval.extract import extract_global, load_extractor
     from retrieval.shortlist import db_items
 

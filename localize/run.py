@@ -27,7 +27,10 @@ from localize.core.cache import StageCache, file_fingerprint
 from localize.core.formats import PoseEntry, atomic_write, write_poses
 from localize.core.geometry import Pose
 from localize.executors import LocalExecutor, make_executor
-from localize.queries import DB_FORMATS, Query, list_queries, load_database
+from datasets.database import DB_FORMATS, load_database
+from datasets.queries import list_query_images
+from localize.core.errors import DatabaseError
+from localize.core.records import Query
 from localize.workers import DensePVWorker, MatchWorker, PoseWorker, candidates_from_record
 
 logger = logging.getLogger("localize.run")
@@ -350,7 +353,7 @@ def main(conf: dict, query_dir: str | Path, db: str | Path, export_dir: str | Pa
     export_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     database = load_database(db, db_format)
-    queries = list_queries(query_dir, queries_list, db_format)
+    queries = list_query_images(query_dir, queries_list, db_format)
     logger.info("%d database images, %d queries", len(database), len(queries))
     logs = {q.name: QueryLog(q.name) for q in queries}
     for q in queries:
@@ -469,11 +472,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     try:
         main(conf, a.query_dir, a.db, a.export_dir or "outputs/run", a.db_format, a.queries_list, a.device, a.plot,
              a.save_renders, executor)
-    except (FileNotFoundError, ValueError) as e:
-        if "database" in str(e) or "not a" in str(e) or str(a.db) in str(e):
-            print(f"error: unusable database {a.db}: {e}", file=sys.stderr)
-            return 2
-        raise
+    except DatabaseError as e:
+        print(f"error: unusable database {a.db}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

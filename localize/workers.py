@@ -87,7 +87,7 @@ class PoseWorker:
     """PnP candidates: task (query camera, [(db name, kp_query, kp_db, scores)]) -> cache record."""
 
     def __init__(self, conf: dict, db: str, db_format: str) -> None:
-        from localize.queries import load_database
+        from datasets.database import load_database
 
         self.cconf = pose_conf(conf)
         self.database = load_database(db, db_format)
@@ -134,7 +134,7 @@ class DensePVWorker:
     """DensePV: task (query name, query image path, camera, pose record) -> scores per candidate."""
 
     def __init__(self, conf: dict, db: str, db_format: str, save_dir: str | None = None) -> None:
-        from localize.queries import load_database
+        from datasets.database import load_database
         from pose.densepv import DensePVConfig
 
         self.dconf = DensePVConfig(**{k: v for k, v in conf.items() if k not in ("enabled", "whole_scan")})

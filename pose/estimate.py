@@ -33,6 +33,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from datasets.database import load_database
 from localize.core.records import DbImage, load_rgb
 from localize.core.formats import PoseEntry, read_query_list, write_poses
 from localize.core.geometry import Camera
@@ -108,23 +109,6 @@ def read_matches(path: str | Path, query_names: list[str]) -> dict[str, list[Pai
     return dict(out)
 
 
-def read_database(root: str | Path, fmt: str) -> list[DbImage]:
-    """Database records for --db-format rgbd|tum|inloc."""
-    if fmt == "rgbd":
-        from datasets.rgbd_folder import read_rgbd_folder
-
-        return read_rgbd_folder(root)
-    if fmt == "tum":
-        from datasets.tum import read_tum
-
-        return read_tum(root)
-    if fmt == "inloc":
-        from datasets.inloc import read_inloc_db
-
-        return read_inloc_db(root)
-    raise ValueError(f"unknown database format {fmt!r}")
-
-
 def localize_query(name: str, camera: Camera, pairs: list[PairMatches], db: dict[str, DbImage],
                    cand_conf: CandidatesConfig, densepv: DensePVConfig | None = None,
                    query_rgb: np.ndarray | None = None, save_renders: Path | None = None,
@@ -182,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cams = read_query_list(args.queries_list)
-        db_list = read_database(args.db, args.db_format)
+        db_list = list(load_database(args.db, args.db_format).values())
         matches = read_matches(args.matches, list(cams))
     except (OSError, ValueError, KeyError) as e:
         logger.error("%s", e)

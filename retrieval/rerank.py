@@ -150,7 +150,8 @@ def main(conf: RerankConfig, shortlists: Mapping[str, Sequence[tuple[str, float]
 
 def _cli(argv: Sequence[str] | None = None) -> int:
     from localize.core.formats import read_pairs, write_pairs
-    from localize.queries import DB_FORMATS, list_queries, load_database
+    from datasets.database import DB_FORMATS, load_database
+    from datasets.queries import list_query_images
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, help="shortlist file: 'query db [score]' lines, best first")
@@ -169,7 +170,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     print("configuration:", asdict(conf))
     database = load_database(a.db, a.db_format)
     pairs = read_pairs(a.pairs)
-    queries = [(q.name, q.path, q.camera) for q in list_queries(a.query_dir, a.queries_list, a.db_format)
+    queries = [(q.name, q.path, q.camera) for q in list_query_images(a.query_dir, a.queries_list, a.db_format)
                if not q.error and q.camera is not None]
     t0 = time.time()
     res = main(conf, pairs, database, queries, a.top_k, a.device)

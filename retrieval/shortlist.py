@@ -20,6 +20,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from datasets.database import load_database
+from datasets.queries import image_files
+from localize.core.errors import InputError
 from localize.core.records import DbImage
 from localize.core.formats import read_query_list, write_pairs
 from retrieval.extract import CONFS, extract_global, load_extractor, resolve_conf
@@ -27,32 +30,6 @@ from retrieval.index import build_index
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
-
-
-def read_db(path: str | Path, fmt: str = "auto") -> list[DbImage]:
-    """Database records of a plain RGB-D folder, a TUM sequence or an InLoc database ('auto' guesses)."""
-    path = Path(path)
-    if fmt == "auto":
-        if (path / "poses.txt").exists() and (path / "cameras.txt").exists():
-            fmt = "rgbd"
-        elif (path / "frames.txt").exists() or (path / "groundtruth.txt").exists():
-            fmt = "tum"
-        else:
-            fmt = "inloc"
-    if fmt == "rgbd":
-        from datasets.rgbd_folder import read_rgbd_folder
-
-        return read_rgbd_folder(path)
-    if fmt == "tum":
-        from datasets.tum import read_tum
-
-        return read_tum(path)
-    if fmt == "inloc":
-        from datasets.inloc import read_inloc_db
-
-        return read_inloc_db(path)
-    raise ValueError(f"unknown database format {fmt!r} (rgbd, tum, inloc)")
 
 
 def list_query_images(queries: str | Path | Sequence[tuple[str, Path]],
@@ -62,8 +39,7 @@ def list_query_images(queries: str | Path | Sequence[tuple[str, Path]],
         return [(str(n), Path(p)) for n, p in queries]
     q = Path(queries)
     if q.is_dir():
-        files = sorted(p for p in q.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        return [(p.relative_to(q).as_posix(), p) for p in files]
+        return [(n, q / n) for n in image_files(q)]
     if not q.exists():
         raise FileNotFoundError(f"queries not found: {q}")
     names = list(read_query_list(q)) if _looks_like_query_list(q) else \
@@ -110,7 +86,7 @@ def main(conf: str | Mapping[str, Any], db: str | Path | Sequence[DbImage] | Seq
     unreadable database images raise.
     """
     conf = resolve_conf(conf, weights)
-    records = read_db(db, db_format) if isinstance(db, (str, Path)) else list(db)
+    records = list(load_database(db, db_format).values()) if isinstance(db, (str, Path)) else list(db)
     dbi = db_items(records)
     if not dbi:
         raise ValueError(f"database {db} has no images")
@@ -182,7 +158,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     try:
         pairs = main(args.conf, args.db, args.queries, export, args.top_k, args.out, args.db_format,
                      args.netvlad_weights, args.device, args.index, args.nprobe, args.query_dir)
-    except (FileNotFoundError, ValueError, IOError) as e:
+    except (InputError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 2
     print(f"wrote {sum(len(v) for v in pairs.values())} pairs for {len(pairs)} queries to {args.out}")

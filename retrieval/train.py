@@ -199,7 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    from retrieval.shortlist import read_db
+    from datasets.database import load_database
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -210,7 +210,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     records: list[DbImage] = []
     for d in args.db:
-        records += read_db(d, args.db_format)
+        records += list(load_database(d, args.db_format).values())
     conf = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
     conf.update(num_clusters=args.num_clusters, resize_max=args.resize_max)
     try:

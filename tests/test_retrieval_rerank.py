@@ -59,7 +59,7 @@ def _far_views(tiny: Path, query: str, n: int) -> list[str]:
 def test_verifier_ranks_the_overlapping_view_first(tiny):
     from localize.core.records import load_rgb
     from localize.core.formats import read_query_list
-    from localize.queries import load_database
+    from datasets.database import load_database
 
     db = load_database(tiny / "db", "rgbd")
     cams = read_query_list(tiny / "queries" / "queries_with_intrinsics.txt")

@@ -92,3 +92,13 @@ def load_rgb(path: str | Path) -> np.ndarray:
     if img is None or img.size == 0:
         raise IOError(f"cannot read image {path} (missing, truncated or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class Query:
+    """One query image: name (relative to the query folder), file path, camera (None = unknown), why unusable."""
+
+    name: str
+    path: Path
+    camera: Camera | None
+    error: str = ""
