@@ -45,8 +45,8 @@ def bench_ray(args) -> dict:
 
     from datasets.synthetic import ensure_dataset
     from localize import run as runmod
-    from localize.executors import LocalExecutor
-    from localize.ray_executor import RayExecutor
+    from localize.pipeline.executors import LocalExecutor
+    from localize.pipeline.ray_executor import RayExecutor
 
     conf = copy.deepcopy(runmod.CONFS["fast"])
     conf["retrieval"]["top_k"] = 3

@@ -1,4 +1,4 @@
-"""Shared test fixtures: location of the read-only shared data, small-thread torch."""
+"""Shared test fixtures: the read-only shared data, one tiny synthetic building per session, small-thread torch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from datasets.synthetic import ensure_dataset
+from localize.pipeline.presets import preset
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -14,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data, or skip the test when it is absent."""
+    """Path under ../shared/data, or skip the test (the reason names the path) when it is absent."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
         pytest.skip(f"shared data not available: {p}")
@@ -33,15 +36,17 @@ def inloc_shared() -> Path:
     return shared_path("inloc")
 
 
+@pytest.fixture(scope="session")
+def tiny_building(tmp_path_factory) -> Path:
+    """The tiny synthetic building (seed 0), generated once per test session; read-only for tests."""
+    return ensure_dataset(tmp_path_factory.mktemp("synthetic") / "tiny", seed=0, size="tiny")
+
+
 def tiny_pipeline_conf(image_size: int = 256) -> dict:
     """The pipeline's 'fast' preset at the tiny synthetic building's sizes (shared by pipeline tests)."""
-    import copy
-
-    from localize.run import CONFS
-
-    conf = copy.deepcopy(CONFS["fast"])
+    conf = preset("fast")
     conf["retrieval"]["top_k"] = 5
-    conf["matching"]["num_pairs"] = 3
+    conf["num_pairs"] = 3
     conf["matching"]["image_size"] = image_size
     conf["pose"]["top_n"] = 3
     return conf

@@ -11,13 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from localize import run as runmod
-from localize.evaluate_inloc import evaluate
-from localize.core.formats import read_poses, read_query_list, write_query_list
 from conftest import tiny_pipeline_conf
+from localize import run as runmod
+from localize.core.errors import ConfigError
+from localize.core.formats import read_poses, read_query_list, write_query_list
+from localize.evaluate_inloc import evaluate
+from localize.pipeline import workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,10 +31,8 @@ def tiny_conf() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from datasets.synthetic import ensure_dataset
-
-    return ensure_dataset(tmp_path_factory.mktemp("synthetic") / "tiny", seed=0, size="tiny")
+def tiny(tiny_building) -> Path:
+    return tiny_building
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,7 @@ def test_rerun_recomputes_nothing_and_conf_change_recomputes(tiny, baseline, mon
     def boom(*a, **k):
         raise AssertionError("matching recomputed although cached")
 
-    import localize.workers
-
-    monkeypatch.setattr(localize.workers, "build_matcher", boom)
+    monkeypatch.setattr(workers, "Matcher", boom)
     runmod.main(tiny_conf(), tiny / "queries" / "images", tiny / "db", out, "rgbd",
                 tiny / "queries" / "queries_with_intrinsics.txt")
     assert (out / "poses.txt").read_text() == before
@@ -100,8 +99,6 @@ def test_bad_inputs_are_reported_and_skipped(tiny, tmp_path):
     shutil.copytree(tiny / "db", db)
     depth_files = sorted((db / "depth").rglob("*.png"))
     depth_files[0].unlink()
-    import cv2
-
     cv2.imwrite(str(depth_files[1]), np.zeros((8, 8), np.uint16))
     out = tmp_path / "out"
     rc = runmod.cli(["--query-dir", str(qdir), "--db", str(db), "--queries-list", str(tmp_path / "list.txt"),
@@ -113,6 +110,18 @@ def test_bad_inputs_are_reported_and_skipped(tiny, tmp_path):
     poses = read_poses(out / "poses.txt")
     assert names[0] not in poses and names[1] not in poses
     assert len(poses) >= 1  # the others still localize
+
+
+def test_unknown_configuration_key_is_rejected_by_name(tiny, tmp_path):
+    conf = tiny_conf()
+    conf["matching"]["imagesize"] = 128  # misspelt
+    with pytest.raises(ConfigError, match="matching.imagesize.*image_size"):
+        runmod.main(conf, tiny / "queries" / "images", tiny / "db", tmp_path, "rgbd")
+    conf = tiny_conf()
+    conf["densepv"] = {"target_size": 64, "whole_scan": True, "colour": 1}
+    with pytest.raises(ConfigError, match="densepv.colour"):
+        runmod.main(conf, tiny / "queries" / "images", tiny / "db", tmp_path, "rgbd")
+    assert not list(tmp_path.glob("*.h5"))  # rejected before any work
 
 
 def test_unusable_database_exits_nonzero(tmp_path):

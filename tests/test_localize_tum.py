@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from datasets.tum import TUM_FR1_DISTORTED, export_rgbd_folder, read_tum_frames
 from localize import run as runmod
+from localize.core.formats import read_poses, write_query_list
 from localize.evaluate_inloc import evaluate
-from localize.core.formats import read_poses
+from localize.pipeline.presets import preset
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
 def test_tum_reduced_split_centimetre_accuracy(tum_root, tmp_path):
-    from datasets.tum import TUM_FR1_DISTORTED, export_rgbd_folder, read_tum_frames
-    from localize.core.formats import write_query_list
-
     frames = read_tum_frames(tum_root)[20:40]
     db = export_rgbd_folder(tum_root, tmp_path / "db", frames[0::2], camera="distorted")
     qdir = tmp_path / "queries"
@@ -27,10 +28,10 @@ def test_tum_reduced_split_centimetre_accuracy(tum_root, tmp_path):
         shutil.copyfile(tum_root / f.rgb_file, qdir / Path(f.rgb_file).name)
         cams[Path(f.rgb_file).name] = TUM_FR1_DISTORTED
     write_query_list(tmp_path / "queries.txt", cams)
-    conf = copy.deepcopy(runmod.CONFS["default"])
+    conf = preset("default")
     conf["retrieval"]["top_k"] = 3
-    conf["matching"]["num_pairs"] = 3
-    conf["densepv"]["enabled"] = False
+    conf["num_pairs"] = 3
+    conf["densepv"] = None
     s = runmod.main(conf, qdir, db, tmp_path / "out", "rgbd", tmp_path / "queries.txt")
     assert s.num_localized == len(queries)
     gt = {Path(f.rgb_file).name: f.pose for f in queries}

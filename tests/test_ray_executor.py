@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_pipeline_conf
+from localize import run as runmod
+from localize.core.formats import read_query_list, write_query_list
+from localize.pipeline.executors import LocalExecutor, make_executor
 
-ray = pytest.importorskip("ray")
-
-from localize import run as runmod  # noqa: E402
-from localize.executors import LocalExecutor, make_executor  # noqa: E402
-from localize.core.formats import read_query_list, write_query_list  # noqa: E402
+ray = pytest.importorskip("ray", reason="optional extra [ray] not installed")
+pytestmark = pytest.mark.ray
 
 NUM_QUERIES = 3
 
@@ -30,11 +30,9 @@ def small_conf() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_subset(tmp_path_factory) -> tuple[Path, Path, Path]:
+def tiny_subset(tiny_building, tmp_path_factory) -> tuple[Path, Path, Path]:
     """(query dir, query list, database) of the tiny synthetic building, first NUM_QUERIES queries only."""
-    from datasets.synthetic import ensure_dataset
-
-    data = ensure_dataset(tmp_path_factory.mktemp("synthetic") / "tiny", seed=0, size="tiny")
+    data = tiny_building
     cams = read_query_list(data / "queries" / "queries_with_intrinsics.txt")
     names = sorted(cams)[:NUM_QUERIES]
     qdir = tmp_path_factory.mktemp("queries")
@@ -92,12 +90,12 @@ def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tm
     assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
 
     # nothing lost: a rerun (here with the local executor) recomputes no match and gives the same poses
-    import localize.workers
+    import localize.pipeline.workers
 
     def boom(*a, **k):
         raise AssertionError("matching recomputed although cached")
 
-    monkeypatch.setattr(localize.workers, "build_matcher", boom)
+    monkeypatch.setattr(localize.pipeline.workers, "build_matcher", boom)
     runmod.main(small_conf(), qdir, db, out, "rgbd", qlist, executor=LocalExecutor())
     assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from localize.core.geometry import look_at
-from localize.visualize import camera_marker, plot_matches, write_ply
+from localize.pipeline.visualize import camera_marker, plot_matches, write_ply
 
 
 def test_ply_reads_back_in_open3d(tmp_path):

@@ -21,3 +21,12 @@ class ConfigError(InputError, ValueError):
 
 class CheckpointError(InputError):
     """A weight file that cannot be loaded safely or does not fit the model."""
+
+
+class WorkerLostError(RuntimeError):
+    """A worker process died while running one item, more often than it may be retried."""
+
+
+# failures of one item (one query, one pair) that are reported with the item while the run goes on;
+# any other exception is a programming error and propagates
+PER_ITEM_ERRORS = (InputError, OSError, WorkerLostError)

@@ -9,13 +9,26 @@ at most the tasks in flight.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from localize.core.errors import PER_ITEM_ERRORS
+from localize.pipeline.ray_executor import RayExecutor
+
 logger = logging.getLogger(__name__)
 
-EXPECTED_ERRORS = (IOError, OSError, ValueError, KeyError, RuntimeError)
+
+class Executor(Protocol):
+    """Where per-item work runs: yields (task index, result or the expected exception it raised)."""
+
+    name: str
+
+    def run(self, worker_cls: type, worker_args: tuple, tasks: Sequence[Any], desc: str = "",
+            resources: dict | None = None) -> Iterator[tuple[int, Any]]: ...
+
+    def shutdown(self) -> None: ...
 
 
 class LocalExecutor:
@@ -28,7 +41,7 @@ class LocalExecutor:
 
     def run(self, worker_cls: type, worker_args: tuple, tasks: Sequence[Any], desc: str = "",
             resources: dict | None = None) -> Iterator[tuple[int, Any]]:
-        """Yield (task index, result or the exception it raised)."""
+        """Yield (task index, result or the per-item exception it raised); other exceptions propagate."""
         if not tasks:
             return
         key = (worker_cls, repr(worker_args))
@@ -38,7 +51,7 @@ class LocalExecutor:
         for i, task in enumerate(tqdm(tasks, desc=desc, unit="item")):
             try:
                 yield i, worker(task)
-            except EXPECTED_ERRORS as e:
+            except PER_ITEM_ERRORS as e:
                 yield i, e
 
     def shutdown(self) -> None:
@@ -46,12 +59,10 @@ class LocalExecutor:
         self._workers.clear()
 
 
-def make_executor(name: str = "local", **kwargs: Any):
-    """'local' or 'ray' (optional extra; ``address`` joins an existing cluster)."""
+def make_executor(name: str = "local", **kwargs: Any) -> Executor:
+    """'local' or 'ray' (optional extra, imported only when used; ``address`` joins an existing cluster)."""
     if name == "local":
         return LocalExecutor()
     if name == "ray":
-        from localize.ray_executor import RayExecutor
-
         return RayExecutor(**kwargs)
     raise ValueError(f"unknown executor {name!r}: use 'local' or 'ray'")

@@ -11,8 +11,9 @@ each result to the stage cache as it arrives.
 
 Fault tolerance: when an actor dies (its process killed, its node lost, out of memory) its
 in-flight tasks are resubmitted to a fresh actor, up to ``max_task_retries`` times per task; a task
-that still fails is yielded as a ``RuntimeError``. An exception raised by the worker itself is
-yielded as that exception (not retried, not raised). Results already yielded are in the cache, so
+that still fails is yielded as a ``WorkerLostError``. A per-item exception raised by the worker
+(``localize.core.errors.PER_ITEM_ERRORS``) is yielded as that exception (not retried); any other is
+raised in the driver, as with ``LocalExecutor``. Results already yielded are in the cache, so
 rerunning the whole command after any crash recomputes nothing that finished, with either executor.
 
 Resources: ``resources={"num_gpus": 1}`` (matching on CUDA) gives each actor one GPU (the number of
@@ -30,9 +31,11 @@ from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
+from localize.core.errors import PER_ITEM_ERRORS, WorkerLostError
+
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (holds the packages)
 
 
 def _import_ray():
@@ -214,12 +217,14 @@ class RayExecutor:
                         pending.appendleft(i)
                         submit()
                         continue
-                    ok, value = False, RuntimeError(f"item {i}: worker lost {attempts[i]} times ({type(e).__name__})")
+                    ok, value = False, WorkerLostError(f"item {i}: worker lost {attempts[i]} times ({type(e).__name__})")
                 except ray.exceptions.RayTaskError as e:  # e.g. an unpicklable result
                     ok, value = False, RuntimeError(str(e).splitlines()[0])
                 submit()
                 bar.update(1)
-                yield i, value if ok else (value if isinstance(value, BaseException) else RuntimeError(str(value)))
+                if not ok and not isinstance(value, PER_ITEM_ERRORS):
+                    raise value if isinstance(value, BaseException) else RuntimeError(str(value))
+                yield i, value
         finally:
             bar.close()
             for ref in in_flight:  # generator closed early (driver interrupted): drop the rest

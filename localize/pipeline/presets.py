@@ -1,0 +1,141 @@
+"""Pipeline presets (readable dicts) and the typed configuration they resolve to.
+
+A preset mirrors ``PipelineConfig``: one section per stage, each built into that stage's own
+dataclass (unknown keys are rejected with the valid ones named); ``verify`` and ``densepv`` set
+to None switch those stages off.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from localize.core.config import from_dict, to_dict
+from localize.core.errors import ConfigError
+from matching.match import MatchConfig
+from pose.candidates import CandidatesConfig
+from pose.densepv import DensePVConfig
+from pose.verify_shortlist import VerifyConfig
+
+REQUIRED = "REQUIRED: "  # a value the user must give on the command line
+
+
+@dataclass(frozen=True)
+class ShortlistConfig:
+    """Retrieval stage: global-descriptor preset name, shortlist length, optional weight file."""
+
+    method: str = "dense-rootsift-vlad"
+    top_k: int = 40
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"retrieval.top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every stage's configuration; ``num_pairs`` = re-ranked shortlist images matched per query."""
+
+    retrieval: ShortlistConfig = field(default_factory=ShortlistConfig)
+    verify: VerifyConfig | None = field(default_factory=VerifyConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    num_pairs: int = 5
+    pose: CandidatesConfig = field(default_factory=CandidatesConfig)
+    densepv: DensePVConfig | None = field(default_factory=DensePVConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_pairs < 1:
+            raise ConfigError(f"num_pairs must be >= 1, got {self.num_pairs}")
+
+    @property
+    def pairs_per_query(self) -> int:
+        """Shortlisted images matched per query: num_pairs, at most the shortlist length."""
+        return min(self.retrieval.top_k, self.num_pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what the run prints and the cache hashes)."""
+        return to_dict(self)
+
+
+_PNP_CPU = {"backend": "pycolmap", "max_error": 4.0, "seed": 0, "max_num_trials": 5000, "confidence": 0.9999}
+_PNP_INLOC = {"backend": "pycolmap", "max_error": 48.0, "seed": 0}
+
+CONFS: dict[str, dict[str, Any]] = {
+    # built-in weights, CPU-friendly sizes
+    "default": {
+        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 40},
+        "verify": {"image_size": 320, "max_error_cells": 1.5},
+        "matching": {"features": "dense-rootsift", "image_size": 320, "relocalize": False, "refine": True,
+                     "weights": None, "max_matches": 2000},
+        "num_pairs": 5,
+        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
+        "densepv": {"target_size": 320, "whole_scan": False},
+    },
+    # smaller images, fewer pairs, no DensePV
+    "fast": {
+        "retrieval": {"method": "dense-rootsift-vlad", "top_k": 20},
+        "verify": {"image_size": 240, "max_error_cells": 1.5},
+        "matching": {"features": "dense-rootsift", "image_size": 240, "relocalize": False, "refine": True,
+                     "weights": None, "max_matches": 1500},
+        "num_pairs": 5,
+        "pose": {"top_n": 5, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
+        "densepv": None,
+    },
+    # the paper's configuration: official NCNet IVD weights, 3200 px with relocalization,
+    # NetVLAD Pitts30K top-100 -> top-10 after re-ranking, DensePV at 1/8 of the query size
+    "inloc-ncnet": {
+        "retrieval": {"method": "netvlad-pitts30k", "top_k": 100},
+        "verify": {"image_size": 480, "max_error_cells": 1.5},
+        "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
+                     "weights": REQUIRED + "--ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000},
+        "num_pairs": 10,
+        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0, "pnp": _PNP_INLOC},
+        "densepv": {"scale": 0.125, "whole_scan": False},
+    },
+    # Sparse-NCNet (ECCV 2020) at InLoc resolution: top-10 sparse correlation, hard+soft relocalization
+    "inloc-sparse-ncnet": {
+        "retrieval": {"method": "netvlad-pitts30k", "top_k": 100},
+        "verify": {"image_size": 480, "max_error_cells": 1.5},
+        "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
+                     "sparse": True, "top_k": 10, "reloc_mode": "hard+soft",
+                     "weights": REQUIRED + "--ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000},
+        "num_pairs": 10,
+        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0, "pnp": _PNP_INLOC},
+        "densepv": {"scale": 0.125, "whole_scan": False},
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A deep copy of a named preset dict; ConfigError naming the presets if unknown."""
+    if name not in CONFS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(sorted(CONFS))}")
+    return copy.deepcopy(CONFS[name])
+
+
+def build_config(conf: str | dict[str, Any] | PipelineConfig) -> PipelineConfig:
+    """A preset name, a preset-shaped dict or a PipelineConfig -> PipelineConfig (unknown keys rejected)."""
+    if isinstance(conf, str):
+        conf = preset(conf)
+    return from_dict(PipelineConfig, conf)
+
+
+def resolve_conf(name: str | dict[str, Any] | PipelineConfig, top_k: int | None = None,
+                 ncnet_weights: str | None = None, netvlad_weights: str | None = None) -> PipelineConfig:
+    """A preset with command-line overrides applied; ConfigError if a required weight file is missing."""
+    conf = build_config(name)
+    retrieval = conf.retrieval
+    if top_k is not None:
+        retrieval = dataclasses.replace(retrieval, top_k=top_k)
+    if netvlad_weights:
+        retrieval = dataclasses.replace(retrieval, weights=str(netvlad_weights))
+    matching = dataclasses.replace(conf.matching, weights=str(ncnet_weights)) if ncnet_weights else conf.matching
+    conf = dataclasses.replace(conf, retrieval=retrieval, matching=matching)
+    w = conf.matching.weights
+    if isinstance(w, str) and w.startswith(REQUIRED):
+        label = name if isinstance(name, str) else "this configuration"
+        raise ConfigError(f"--conf {label} needs {w[len(REQUIRED):]}")
+    return conf

@@ -1,0 +1,229 @@
+"""The pipeline's stages in run order: shortlist -> verify -> match -> pose candidates -> DensePV -> choose.
+
+Each stage reads what the stages before it produced, caches its results per query (or pair) in
+``<export_dir>/<stage>-<hash>.h5`` keyed by its configuration and the caches it depends on, and
+records failures in the queries' logs; a query that fails a stage is left out of the later ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from localize.core.cache import StageCache, file_fingerprint
+from localize.core.config import to_dict
+from localize.core.errors import PER_ITEM_ERRORS
+from localize.core.formats import PoseEntry
+from localize.core.records import Query, load_rgb
+from localize.pipeline.context import RunContext
+from localize.pipeline.workers import DensePVWorker, MatchWorker, PoseWorker
+from pose.candidates import Candidate, candidates_from_record, choose_pose
+from pose.verify_shortlist import ShortlistVerifier, verify_shortlist
+from retrieval import shortlist as shortlist_stage
+
+logger = logging.getLogger("localize.run")
+
+Shortlists = dict[str, list[tuple[str, float]]]
+
+
+def _weights_key(weights: str | None) -> str | None:
+    """Fingerprint of a weight file (None without one), so replaced weights never reuse a cache."""
+    return file_fingerprint(weights) if weights else None
+
+
+def _put_ranked(cache: StageCache, name: str, ranked: Sequence[tuple[str, float]], value_key: str,
+                seconds: float) -> None:
+    """Store a ranked list [(db name, value)] of one query (names as JSON, values as an array)."""
+    cache.put(name, {"db_names": json.dumps([n for n, _ in ranked]),
+                     value_key: np.array([v for _, v in ranked], dtype=np.float64), "time_s": np.float64(seconds)})
+
+
+def _get_ranked(cache: StageCache, name: str, value_key: str) -> tuple[list[tuple[str, float]], float]:
+    """A ranked list stored by ``_put_ranked`` and its seconds."""
+    e = cache.get(name)
+    return list(zip(json.loads(e["db_names"]), e[value_key].tolist())), float(e["time_s"])
+
+
+def shortlist(ctx: RunContext) -> tuple[StageCache, Shortlists]:
+    """1. Global-descriptor retrieval: the top_k database images per query."""
+    conf = ctx.conf.retrieval
+    key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
+    cache = StageCache(ctx.export_dir, "shortlist", key)
+    todo = [q for q in ctx.queries if not cache.has(q.name)]
+    if todo:
+        t0 = time.time()
+        results = shortlist_stage.main(conf.method, list(ctx.database.values()), [(q.name, q.path) for q in todo],
+                                       ctx.export_dir, conf.top_k, weights=conf.weights, device=ctx.device)
+        dt = (time.time() - t0) / max(len(todo), 1)
+        for q in todo:
+            if q.name not in results:
+                ctx.logs[q.name].fail("retrieval", f"cannot read or describe query image {q.path}")
+                continue
+            _put_ranked(cache, q.name, results[q.name], "scores", dt)
+        cache.finalize()
+    out = {}
+    for q in ctx.queries:
+        if cache.has(q.name):
+            out[q.name], ctx.logs[q.name].times["retrieval"] = _get_ranked(cache, q.name, "scores")
+            ctx.logs[q.name].shortlist = out[q.name]
+    return cache, out
+
+
+def verify(ctx: RunContext, scache: StageCache, shortlists: Shortlists) -> tuple[StageCache, Shortlists]:
+    """2. Spatial verification: each shortlist re-sorted by PnP inliers (skipped when ``verify`` is None).
+
+    Queries without a camera keep the retrieval order.
+    """
+    conf = ctx.conf.verify
+    if conf is None:
+        return scache, shortlists
+    cache = StageCache(ctx.export_dir, "verify", to_dict(conf), depends=[scache])
+    todo = [q for q in ctx.queries if q.name in shortlists and not cache.has(q.name) and q.camera is not None]
+    if todo:
+        verifier = ShortlistVerifier(conf, ctx.database, ctx.device)
+        for q in tqdm(todo, desc="verification", unit="query"):
+            t0 = time.time()
+            try:
+                inliers = verifier.inliers(load_rgb(q.path), q.camera, [n for n, _ in shortlists[q.name]])
+            except PER_ITEM_ERRORS as e:
+                ctx.logs[q.name].fail("verify", f"{q.path}: {e}")
+                continue
+            _put_ranked(cache, q.name, verify_shortlist(shortlists[q.name], inliers), "inliers", time.time() - t0)
+        cache.finalize()
+    out = {}
+    for q in ctx.queries:
+        if cache.has(q.name):
+            out[q.name], ctx.logs[q.name].times["verify"] = _get_ranked(cache, q.name, "inliers")
+            ctx.logs[q.name].verified = [(n, int(v)) for n, v in out[q.name]]
+        elif q.name in shortlists:
+            out[q.name] = shortlists[q.name]
+    return cache, out
+
+
+def _matched_names(ctx: RunContext, shortlists: Shortlists, q: Query) -> list[str]:
+    """The database images matched with one query: the first ``pairs_per_query`` of its shortlist."""
+    return [n for n, _ in shortlists.get(q.name, [])[:ctx.conf.pairs_per_query]]
+
+
+def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
+    """3. NCNet matches between each query and its first shortlisted images, cached per pair."""
+    conf = ctx.conf.matching
+    key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
+    cache = StageCache(ctx.export_dir, "matches", key)
+    tasks = []
+    for q in ctx.queries:
+        for db in _matched_names(ctx, shortlists, q):
+            if cache.has(f"{q.name}/{db}"):
+                continue
+            if db not in ctx.database:
+                ctx.logs[q.name].fail("matching", f"shortlisted database image {db} is not in the database")
+                continue
+            tasks.append((q, db))
+    resources = {"num_gpus": 1} if ctx.device.startswith("cuda") else {}
+    paths = [(str(q.path), str(ctx.database[db].image_path)) for q, db in tasks]
+    for i, res in ctx.executor.run(MatchWorker, (conf, ctx.device), paths, "matching", resources):
+        q, db = tasks[i]
+        if isinstance(res, Exception):
+            ctx.logs[q.name].fail("matching", f"{q.name} vs {db}: {res}")
+            continue
+        cache.put(f"{q.name}/{db}", res)
+    cache.finalize()
+    for q in ctx.queries:
+        if q.name in shortlists:
+            ctx.logs[q.name].times["matching"] = _pair_matches(cache, q, _matched_names(ctx, shortlists, q))[1]
+    return cache
+
+
+def _pair_matches(cache: StageCache, q: Query, names: Sequence[str]) -> tuple[list, float]:
+    """[(db, kp_query, kp_db, scores)] of the cached pairs of one query, and their total matching time."""
+    out, total_t = [], 0.0
+    for db in names:
+        key = f"{q.name}/{db}"
+        if cache.has(key):
+            e = cache.get(key)
+            total_t += float(e["time_s"])
+            out.append((db, e["keypoints0"], e["keypoints1"], e["scores"]))
+    return out, total_t
+
+
+def pose_candidates(ctx: RunContext, shortlists: Shortlists, mcache: StageCache, scache: StageCache) -> StageCache:
+    """4. PnP-RANSAC candidates per query (one per matched image, plus a pooled one), cached per query."""
+    key = {**to_dict(ctx.conf.pose), "pairs_per_query": ctx.conf.pairs_per_query}
+    cache = StageCache(ctx.export_dir, "pose", key, depends=[mcache, scache])
+    tasks, names = [], []
+    for q in ctx.queries:
+        if q.name not in shortlists or cache.has(q.name):
+            continue
+        matched = _matched_names(ctx, shortlists, q)
+        pairs, _ = _pair_matches(mcache, q, matched)
+        if len(pairs) < len(matched):
+            continue  # matching failed for this query: already logged
+        tasks.append((q.camera, pairs))
+        names.append(q.name)
+    for i, res in ctx.executor.run(PoseWorker, (ctx.conf.pose, *ctx.db_spec), tasks, "pose"):
+        if isinstance(res, Exception):
+            ctx.logs[names[i]].fail("pose", str(res))
+            continue
+        cache.put(names[i], res)
+    cache.finalize()
+    return cache
+
+
+def densepv(ctx: RunContext, pcache: StageCache, save_renders: Path | None = None) -> StageCache | None:
+    """5. DensePV scores of each query's successful candidates, cached per query (None when switched off)."""
+    conf = ctx.conf.densepv
+    if conf is None:
+        return None
+    cache = StageCache(ctx.export_dir, "densepv", to_dict(conf), depends=[pcache])
+    todo = [q for q in ctx.queries if pcache.has(q.name) and not cache.has(q.name)]
+    tasks = [(q.name, str(q.path), q.camera, pcache.get(q.name)) for q in todo]
+    args = (conf, *ctx.db_spec, str(save_renders) if save_renders else None)
+    for i, res in ctx.executor.run(DensePVWorker, args, tasks, "densepv"):
+        if isinstance(res, Exception):
+            ctx.logs[todo[i].name].fail("densepv", str(res))
+            continue
+        cache.put(todo[i].name, res)
+    cache.finalize()
+    return cache
+
+
+def _candidates_with_scores(ctx: RunContext, q: Query, pcache: StageCache,
+                            dcache: StageCache | None) -> tuple[list[Candidate], bool]:
+    """A query's candidates with their DensePV scores attached; whether DensePV scored them."""
+    e = pcache.get(q.name)
+    cands = candidates_from_record(e)
+    ctx.logs[q.name].times["pose"] = float(e["time_s"])
+    scored = dcache is not None and dcache.has(q.name)
+    if scored:
+        d = dcache.get(q.name)
+        ctx.logs[q.name].times["densepv"] = float(d["time_s"])
+        for c, s in zip(cands, d["scores"]):
+            c.densepv_score = float(s) if np.isfinite(s) else None
+    return cands, scored
+
+
+def choose(ctx: RunContext, pcache: StageCache, dcache: StageCache | None) -> dict[str, PoseEntry]:
+    """6. Each query's pose and top-1 database image (``pose.candidates.choose_pose``)."""
+    out = {}
+    for q in ctx.queries:
+        if not pcache.has(q.name):
+            continue
+        cands, scored = _candidates_with_scores(ctx, q, pcache, dcache)
+        log = ctx.logs[q.name]
+        log.candidates = [c.to_log() for c in cands]
+        chosen = choose_pose(cands, use_densepv=scored)
+        if chosen.candidate is None:
+            log.fail("pose", chosen.reason)
+            continue
+        log.pose, log.chosen_db = chosen.candidate.result.pose, chosen.top1_db
+        out[q.name] = PoseEntry(log.pose, chosen.top1_db)
+    return out
+
+
+STAGES = ("retrieval", "verify", "matching", "pose", "densepv")  # keys of QueryLog.times, in run order
