@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -47,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "data"
+
+from localize.pipeline.presets import CONFS, PipelineConfig, resolve_conf  # noqa: E402 - after the sys.path line
 
 
 def peak_rss_gb() -> float:
@@ -99,7 +102,7 @@ def bench_tum(args: argparse.Namespace) -> dict:
 
     out = Path(args.out or f"outputs/bench_tum_{args.camera}")
     db, qdir, qlist, gt = prepare_tum_split(out, args.max_queries, args.camera)
-    conf = run.resolve_conf(args.conf)
+    conf = resolve_conf(args.conf)
     t0 = time.time()
     run.main(conf, qdir, db, out / f"export-{args.conf}", "rgbd", qlist, args.device)
     wall = time.time() - t0
@@ -132,8 +135,6 @@ INLOC_SIZE = "inloc-size"  # datasets.synthetic preset: 1600 x 1200 database, 40
 
 def _scaled_size_preset(scale: float) -> str:
     """Name of the synthetic size preset at ``scale`` x the InLoc sizes (registered in SIZES when scale != 1)."""
-    from dataclasses import replace
-
     from datasets import synthetic as S
 
     if scale == 1.0:
@@ -205,7 +206,7 @@ def _pair_times(export_dir: Path) -> list[dict]:
     return rows
 
 
-def _run_preset(name: str, conf: dict, db: str, qdir: str, qlist: str, export_dir: str, device: str) -> dict:
+def _run_preset(name: str, conf: PipelineConfig, db: str, qdir: str, qlist: str, export_dir: str, device: str) -> dict:
     """(In a fresh worker process) describe the database, localize the queries, return timings and peak RSS."""
     import logging
 
@@ -224,8 +225,8 @@ def _run_preset(name: str, conf: dict, db: str, qdir: str, qlist: str, export_di
     # offline part: retrieval vocabulary / database descriptors, cached in the export folder for run.main
     t0 = time.time()
     dbi = db_items(list(load_database(db, "rgbd").values()))
-    rc = conf["retrieval"]
-    ext = load_extractor(rc["method"], dbi, export, device, weights=rc.get("weights"))
+    rc = conf.retrieval
+    ext = load_extractor(rc.method, dbi, export, device, weights=rc.weights)
     extract_global(ext, dbi, export, role="db")
     del ext
     offline = time.time() - t0
@@ -259,8 +260,8 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
 
     names = [c.strip() for c in args.conf.split(",") if c.strip()]
     for n in names:
-        if n not in run.CONFS:
-            raise SystemExit(f"unknown --conf {n!r}; presets: {sorted(run.CONFS)}")
+        if n not in CONFS:
+            raise SystemExit(f"unknown --conf {n!r}; presets: {sorted(CONFS)}")
     tag = "" if args.scale == 1.0 else f"_x{args.scale:g}"
     out = Path(args.out or f"outputs/bench_inloc_size{tag}")
     size, db, qimages, qlist_all = _in_fresh_process(_generate_inloc_size, str(out / "data"), args.seed, args.scale)
@@ -274,8 +275,8 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     for n in qnames:
         (qdir / "images" / n).symlink_to(Path(qimages, n).resolve())
     write_query_list(qdir / "list.txt", {n: cams[n] for n in qnames})
-    needs_ncnet = any(run.CONFS[n]["matching"].get("features") == "resnet101" for n in names)
-    needs_netvlad = any(run.CONFS[n]["retrieval"]["method"].startswith("netvlad") for n in names)
+    needs_ncnet = any(CONFS[n]["matching"].get("features") == "resnet101" for n in names)
+    needs_netvlad = any(CONFS[n]["retrieval"]["method"].startswith("netvlad") for n in names)
     tmp = None
     wdir = args.weights_dir
     if (needs_ncnet or needs_netvlad) and wdir is None:
@@ -285,18 +286,18 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     docs = []
     try:
         for name in names:
-            base = run.CONFS[name]
-            conf = run.resolve_conf(name, ncnet_weights=weights.get("ncnet") if base["matching"].get("features")
+            base = CONFS[name]
+            conf = resolve_conf(name, ncnet_weights=weights.get("ncnet") if base["matching"].get("features")
                                     == "resnet101" else None,
                                     netvlad_weights=weights.get("netvlad") if base["retrieval"]["method"]
                                     .startswith("netvlad") else None)
-            preset_pairs = int(conf["matching"]["num_pairs"])
+            preset_pairs = conf.num_pairs
             if args.num_pairs is not None:
-                conf["matching"]["num_pairs"] = int(args.num_pairs)
+                conf = replace(conf, num_pairs=int(args.num_pairs))
             if args.scale != 1.0:
-                s0 = int(conf["matching"]["image_size"])
-                conf["matching"]["image_size"] = min(s0, max(320, round(s0 * args.scale)))
-            print(f"\n=== {name}: configuration", json.dumps(conf, indent=1), flush=True)
+                s0 = conf.matching.image_size
+                conf = replace(conf, matching=replace(conf.matching, image_size=min(s0, max(320, round(s0 * args.scale)))))
+            print(f"\n=== {name}: configuration", json.dumps(conf.to_dict(), indent=1), flush=True)
             export = out / f"export-{name}"
             r = _in_fresh_process(_run_preset, name, conf, db, str(qdir / "images"), str(qdir / "list.txt"),
                                   str(export), args.device)
@@ -311,7 +312,7 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     return docs
 
 
-def _inloc_size_doc(name: str, conf: dict, preset_pairs: int, args: argparse.Namespace, size: str, db: str,
+def _inloc_size_doc(name: str, conf: PipelineConfig, preset_pairs: int, args: argparse.Namespace, size: str, db: str,
                     qdir: Path, r: dict) -> dict:
     """The JSON report of one preset from the worker's raw results."""
     from localize.core.formats import read_query_list
@@ -329,14 +330,14 @@ def _inloc_size_doc(name: str, conf: dict, preset_pairs: int, args: argparse.Nam
     per_query = sum(stages.values())
     extra = {}
     if per_pair is not None:
-        pairs_q = min(preset_pairs, int(conf["retrieval"]["top_k"]))
+        pairs_q = min(preset_pairs, conf.retrieval.top_k)
         extra = {"num_pairs": pairs_q, "s_per_query": per_query - stages.get("matching", 0.0) + per_pair * pairs_q,
                  "formula": "stage sum - matching + matching_s_per_pair x num_pairs (rerank for this shortlist)"}
-        if "rerank" in stages and shortlist:
-            extra["rerank_s_per_shortlisted_image"] = stages["rerank"] / shortlist
+        if "verify" in stages and shortlist:
+            extra["verify_s_per_shortlisted_image"] = stages["verify"] / shortlist
     return {
         "mode": "inloc-size", "conf": name, "device": args.device, "scale": args.scale, "size_preset": size,
-        "configuration": conf,
+        "configuration": conf.to_dict(),
         "overrides": {"num_pairs": args.num_pairs, "max_queries": args.max_queries, "preset_num_pairs": preset_pairs},
         "db_images": len(db_files), "db_image_size": _image_size(db_files[0]),
         "query_image_size": [cam.width, cam.height], "query_focal_px": round(float(cam.focal[0]), 3),

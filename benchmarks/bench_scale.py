@@ -41,16 +41,17 @@ def peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- ray
 def bench_ray(args) -> dict:
-    import copy
-
     from datasets.synthetic import ensure_dataset
     from localize import run as runmod
     from localize.pipeline.executors import LocalExecutor
     from localize.pipeline.ray_executor import RayExecutor
 
-    conf = copy.deepcopy(runmod.CONFS["fast"])
+    from localize.pipeline.presets import preset
+
+    conf = preset("fast")
     conf["retrieval"]["top_k"] = 3
-    conf["matching"].update(num_pairs=3, image_size=160)
+    conf["num_pairs"] = 3
+    conf["matching"]["image_size"] = 160
     conf["pose"]["top_n"] = 3
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     data = ensure_dataset(work / "tiny", seed=0, size="tiny")
