@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.io
 
-from localize.core.formats import PoseEntry, atomic_write, read_poses
+from localize.core.formats import PoseEntry, atomic_write, read_poses, write_poses
 from localize.core.geometry import Pose, pose_error
 
 logger = logging.getLogger(__name__)
@@ -211,8 +211,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write-poses", help="also write the estimates as a poses file (with the top-1 column)")
     a = p.parse_args(argv)
     if a.write_poses:
-        from localize.core.formats import write_poses
-
         write_poses(a.write_poses, {q: e for q, e in read_estimates(a.poses).items() if e is not None})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main(a.gt, a.poses, a.gt_format, a.thresholds, a.json, a.plot)
