@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
+import skimage.data
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,6 @@ def load_photo(name: str, size: int = TEX_SIZE) -> tuple[np.ndarray, float]:
 
 def _load_photo(name: str, size: int = TEX_SIZE) -> tuple[np.ndarray, float]:
     """A scikit-image sample photo resized to S x S RGB float32, and its aspect ratio (w / h)."""
-    import skimage.data
-
     img = np.asarray(getattr(skimage.data, name)())
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
