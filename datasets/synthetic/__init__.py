@@ -40,18 +40,18 @@ image (depth-checked) at an apparent scale within ``max_query_scale_ratio`` of t
 for a query taken from about the distance the building was scanned from), else it is resampled.
 """
 
+from datasets.inloc import cutout_camera
 from datasets.synthetic.appearance import Appearance, finish_image, random_appearance
 from datasets.synthetic.building import build_scene
 from datasets.synthetic.changes import person_occluder, scene_variant
 from datasets.synthetic.config import (
-                                       BUILDING,
-                                       DEPTH_SCALE,
-                                       GENERATOR_VERSION,
-                                       SIZES,
-                                       SURFACE_WEAR,
-                                       SizeConfig,
-                                       camera_pose,
-                                       cutout_camera,
+    BUILDING,
+    DEPTH_SCALE,
+    GENERATOR_VERSION,
+    SIZES,
+    SURFACE_WEAR,
+    SizeConfig,
+    camera_pose,
 )
 from datasets.synthetic.generate import ensure_dataset, generate
 from datasets.synthetic.manifest import SyntheticDataset, is_complete, read_manifest
@@ -59,7 +59,12 @@ from datasets.synthetic.raycast import Box, CompiledScene, Illumination, Lamp, S
 from datasets.synthetic.render import render
 from datasets.synthetic.sampling import texture_fraction
 from datasets.synthetic.scene import Room, Scan, Scene
-from datasets.synthetic.views import View, apparent_scale, gt_correspondences, view_covisibility
+from datasets.synthetic.views import (
+    View,
+    apparent_scale,
+    gt_correspondences,
+    view_covisibility,
+)
 
 __all__ = [
     "BUILDING", "DEPTH_SCALE", "GENERATOR_VERSION", "SIZES", "SURFACE_WEAR", "Appearance", "Box", "CompiledScene",

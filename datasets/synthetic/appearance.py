@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ class Appearance:
     """Illumination plus image-level changes: per-channel gain, gamma, Gaussian noise (0..255), blur (px)."""
 
     name: str = "db"
-    illumination: Illumination = Illumination()
+    illumination: Illumination = field(default_factory=Illumination)
     gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
     gamma: float = 1.0
     noise: float = 0.0

@@ -7,10 +7,19 @@ import logging
 import numpy as np
 
 from datasets.synthetic import textures as T
-from datasets.synthetic.config import CEILING, CORRIDOR_W, DOOR_W, SCAN_HEIGHT, SIZES, STOREY, WALL, rng_for
+from datasets.synthetic.config import (
+    CEILING,
+    CORRIDOR_W,
+    DOOR_W,
+    SCAN_HEIGHT,
+    SIZES,
+    STOREY,
+    WALL,
+    rng_for,
+)
 from datasets.synthetic.furniture import Builder, FurnitureModel, furnish
 from datasets.synthetic.materials import Materials
-from datasets.synthetic.raycast import Lamp
+from datasets.synthetic.raycast import Lamp, Surface
 from datasets.synthetic.scene import Room, Scan, Scene
 
 log = logging.getLogger(__name__)
@@ -55,7 +64,6 @@ def build_scene(seed: int, size: str = "tiny") -> Scene:
         xs_s = np.concatenate([[0.0], np.cumsum(rng.dirichlet(np.ones(ns) * 6) * Lx)]) if ns else np.array([0.0, Lx])
         dn, ds = float(rng.uniform(4.0, 5.0)), float(rng.uniform(3.6, 4.5))
         cw = CORRIDOR_W
-        room_defs: list[tuple[str, tuple[float, float, float, float], str]] = []
         corridor = Room(len(rooms), f"FL{fl + 1}_corridor", fl, (h, h, Lx - h, cw - h), "corridor", -1)
         rooms.append(corridor)
         north, south = [], []
@@ -72,8 +80,11 @@ def build_scene(seed: int, size: str = "tiny") -> Scene:
                      theme=order[nn + i])
             rooms.append(r)
             south.append(r)
-        del room_defs
-        mat = lambda r: corridor_theme[0] if r.kind == "corridor" else themes[r.theme][0]  # noqa: E731
+
+        def mat(r: Room) -> Surface:
+            """Wall material of a room (its theme's; white for the corridor)."""
+            return corridor_theme[0] if r.kind == "corridor" else themes[r.theme][0]
+
         # corridor north wall, one piece per north room, each with a door
         keep: dict[int, list] = {r.index: [] for r in rooms}
         door_off = None
@@ -124,7 +135,7 @@ def build_scene(seed: int, size: str = "tiny") -> Scene:
             B.add((fx0, fy0, z0 + CEILING), (fx1, fy1, z0 + CEILING + 0.1), (M.ceiling,), room=r.index,
                   label="ceiling")
             x0, y0, x1, y1 = r.rect
-            n_l = max(1, int(round((x1 - x0) / 4.0))) if r.kind == "corridor" else 1
+            n_l = max(1, round((x1 - x0) / 4.0)) if r.kind == "corridor" else 1
             for k in range(n_l):
                 sx0, sx1 = x0 + (x1 - x0) * k / n_l, x0 + (x1 - x0) * (k + 1) / n_l
                 cx, cy = (sx0 + sx1) / 2, (y0 + y1) / 2

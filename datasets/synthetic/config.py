@@ -1,4 +1,4 @@
-"""Synthetic building constants, preset sizes, deterministic random streams and cutout cameras/poses."""
+"""Synthetic building constants (metres), preset sizes, deterministic random streams and camera poses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from localize.core.geometry import Camera, Pose, look_at
+from localize.core.geometry import Pose, look_at
 
 GENERATOR_VERSION = "1.4"
 # strength of the aperiodic wear on every surface (datasets.synthetic.raycast.surface_wear): tiled materials
@@ -65,11 +65,6 @@ SIZES: dict[str, SizeConfig] = {
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
     """Independent deterministic random stream for (seed, stream ids)."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), *[int(s) for s in stream]]))
-
-
-def cutout_camera(width: int, height: int, hfov_deg: float = 60.0) -> Camera:
-    """Pinhole camera with the given horizontal field of view (InLoc cutouts: 60 deg)."""
-    return Camera.pinhole(width, height, width / (2.0 * math.tan(math.radians(hfov_deg) / 2)))
 
 
 def camera_pose(center: Sequence[float], yaw_deg: float, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> Pose:

@@ -65,7 +65,11 @@ class FurnitureModel:
 def model_parts(m: FurnitureModel, M: Materials, rng: np.random.Generator) -> list[tuple]:
     """Parts of a furniture model in slot-local fractional coordinates (see ``local_boxes``)."""
     W, D, Hh = m.width, m.depth, m.height
-    s6 = lambda s: (s,) * 6  # noqa: E731
+
+    def s6(s: Surface) -> tuple[Surface, ...]:
+        """The same material on all six faces."""
+        return (s,) * 6
+
     if m.kind == "shelf":
         t = 0.025 / W
         td = 0.02 / D

@@ -17,7 +17,13 @@ from datasets.inloc import write_inloc_alignment, write_inloc_cutout
 from datasets.rgbd_folder import write_rgbd_folder
 from datasets.synthetic.building import build_scene
 from datasets.synthetic.config import BUILDING, DEPTH_SCALE, SIZES
-from datasets.synthetic.manifest import SyntheticDataset, file_sha256, is_complete, manifest_params, read_manifest
+from datasets.synthetic.manifest import (
+    SyntheticDataset,
+    file_sha256,
+    is_complete,
+    manifest_params,
+    read_manifest,
+)
 from datasets.synthetic.preview import write_preview
 from datasets.synthetic.query_sampling import make_queries
 from datasets.synthetic.render import render

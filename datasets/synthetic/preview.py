@@ -34,7 +34,11 @@ def write_preview(out: Path, n_db: int = 12, n_q: int = 12) -> Path:
     db_imgs = sorted((out / "db" / "images").rglob("*.jpg")) or sorted((out / "inloc" / "cutouts").rglob("*.jpg"))
     q_imgs = sorted((out / "queries" / "images").glob("*.jpg"))
     t_imgs = sorted((out / "train" / "images").glob("*.jpg"))
-    pick = lambda lst, n: [lst[int(i)] for i in np.linspace(0, len(lst) - 1, min(n, len(lst)))] if lst else []  # noqa
+
+    def pick(lst: list[Path], n: int) -> list[Path]:
+        """Up to ``n`` items spread evenly over ``lst``."""
+        return [lst[int(i)] for i in np.linspace(0, len(lst) - 1, min(n, len(lst)))] if lst else []
+
     entries = [("db " + str(p.relative_to(out / "db" / "images")) if (out / "db" / "images") in p.parents
                 else "db " + p.name, load_rgb(p)) for p in pick(db_imgs, n_db)]
     entries += [("query " + p.name, load_rgb(p)) for p in pick(q_imgs, n_q)]

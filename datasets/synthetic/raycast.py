@@ -385,7 +385,11 @@ def shade(cs: CompiledScene, ids: np.ndarray, dirs: np.ndarray, origin: np.ndarr
         planes.append(pk)
     axis = np.where(ts[0] >= ts[1], 0, 1)
     axis = np.where(ts[2] > np.where(axis == 0, ts[0], ts[1]), 2, axis)
-    pick = lambda a: np.where(axis == 0, a[0], np.where(axis == 1, a[1], a[2]))  # noqa: E731
+
+    def pick(a: Sequence[np.ndarray]) -> np.ndarray:
+        """Per ray, the entry of ``a`` (one array per axis) for the ray's hit axis."""
+        return np.where(axis == 0, a[0], np.where(axis == 1, a[1], a[2]))
+
     t = pick(ts)  # exact plane intersection (float64) = z-depth
     dax = pick(d)
     face = 2 * axis + (dax < 0)
@@ -458,5 +462,13 @@ def render(cs: CompiledScene, camera: Camera, pose: Pose, illumination: Illumina
     return shade(cs, ids, dirs, pose.center, float(np.mean(camera.focal)), illumination)
 
 
-__all__ = ["Surface", "Box", "Illumination", "Lamp", "CompiledScene", "render", "cast_rays", "BACKGROUND",
-           ]
+__all__ = [
+    "BACKGROUND",
+    "Box",
+    "CompiledScene",
+    "Illumination",
+    "Lamp",
+    "Surface",
+    "cast_rays",
+    "render",
+]

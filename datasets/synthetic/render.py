@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from datasets.synthetic.appearance import Appearance, finish_image
-from datasets.synthetic.raycast import Box, CompiledScene, Illumination, cast_rays, shade
+from datasets.synthetic.raycast import (
+    Box,
+    CompiledScene,
+    Illumination,
+    cast_rays,
+    shade,
+)
 from datasets.synthetic.scene import Scene
 from localize.core.geometry import Camera, Pose
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-from datasets.synthetic.config import BUILDING, SizeConfig, camera_pose, cutout_camera
+from datasets.inloc import cutout_camera
+from datasets.synthetic.config import BUILDING, SizeConfig, camera_pose
 from datasets.synthetic.raycast import Box
 from datasets.synthetic.scene import Room, Scan, Scene
 from localize.core.geometry import Camera, Pose

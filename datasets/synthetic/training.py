@@ -8,9 +8,10 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.correspondences import covisibility
+from datasets.inloc import cutout_camera
 from datasets.synthetic.appearance import Appearance, random_appearance
 from datasets.synthetic.changes import scene_variant
-from datasets.synthetic.config import SizeConfig, camera_pose, cutout_camera, rng_for
+from datasets.synthetic.config import SizeConfig, camera_pose, rng_for
 from datasets.synthetic.render import render
 from datasets.synthetic.sampling import sample_pose, texture_fraction
 from datasets.synthetic.scene import Scene
