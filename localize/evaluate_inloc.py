@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.io
 
+from datasets.inloc import floor_of
 from localize.core.formats import PoseEntry, atomic_write, read_poses
 from localize.core.geometry import Pose, pose_error
 
@@ -69,11 +70,8 @@ def read_estimates(path: str | Path) -> dict[str, PoseEntry | None]:
 
 
 def db_floor(db_name: str) -> str:
-    """Floor label of a database name: the first folder after an optional '.../cutouts/' prefix."""
-    parts = Path(db_name).parts
-    if "cutouts" in parts:
-        parts = parts[parts.index("cutouts") + 1:]
-    return parts[0] if len(parts) > 1 else ""
+    """Floor label of a database name ('' without a folder): ``datasets.inloc.floor_of``, the one owner."""
+    return floor_of(db_name)
 
 
 @dataclass

@@ -53,10 +53,10 @@ from datasets.synthetic.config import (
     SizeConfig,
     camera_pose,
 )
-from datasets.synthetic.generate import ensure_dataset, generate
+from datasets.synthetic.generation import ensure_dataset, generate
 from datasets.synthetic.manifest import SyntheticDataset, is_complete, read_manifest
 from datasets.synthetic.raycast import Box, CompiledScene, Illumination, Lamp, Surface
-from datasets.synthetic.render import render
+from datasets.synthetic.rendering import render
 from datasets.synthetic.sampling import texture_fraction
 from datasets.synthetic.scene import Room, Scan, Scene
 from datasets.synthetic.views import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets.synthetic
 from datasets.synthetic.config import SIZES
-from datasets.synthetic.generate import generate
+from datasets.synthetic.generation import generate
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from datasets.inloc import cutout_camera
 from datasets.synthetic.appearance import random_appearance
 from datasets.synthetic.changes import person_occluder, scene_variant
 from datasets.synthetic.config import SizeConfig, rng_for
-from datasets.synthetic.render import render
+from datasets.synthetic.rendering import render
 from datasets.synthetic.sampling import sample_pose, texture_fraction
 from datasets.synthetic.scene import Scene
 from datasets.synthetic.views import View, apparent_scale

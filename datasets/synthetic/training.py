@@ -12,7 +12,7 @@ from datasets.inloc import cutout_camera
 from datasets.synthetic.appearance import Appearance, random_appearance
 from datasets.synthetic.changes import scene_variant
 from datasets.synthetic.config import SizeConfig, camera_pose, rng_for
-from datasets.synthetic.render import render
+from datasets.synthetic.rendering import render
 from datasets.synthetic.sampling import sample_pose, texture_fraction
 from datasets.synthetic.scene import Scene
 from datasets.synthetic.views import View

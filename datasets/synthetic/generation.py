@@ -26,7 +26,7 @@ from datasets.synthetic.manifest import (
 )
 from datasets.synthetic.preview import write_preview
 from datasets.synthetic.query_sampling import make_queries
-from datasets.synthetic.render import render
+from datasets.synthetic.rendering import render
 from datasets.synthetic.sampling import cutout_views
 from datasets.synthetic.training import make_train
 from datasets.synthetic.views import View
