@@ -14,15 +14,20 @@ f = 4032 * 28 / 36 = 3136 px at 4032 x 3024, principal point at the image centre
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import scipy.io
+from PIL import Image
 
-from localize.core.records import DbImage
+from datasets.rgbd_folder import write_image
+from localize.core.errors import DatabaseError
 from localize.core.formats import atomic_write
 from localize.core.geometry import Camera, Pose
+from localize.core.records import DbImage
 
 INLOC_QUERY_SIZE = (4032, 3024)
 INLOC_QUERY_FOCAL = 4032 * 28 / 36  # = 3136 px at 4032 x 3024
@@ -40,12 +45,13 @@ def cutout_camera(width: int, height: int, fov_deg: float = CUTOUT_FOV_DEG) -> C
 
 
 def _database_root(root: str | Path) -> Path:
+    """The folder holding cutouts/ and alignments/: ``root`` or ``root/database``; DatabaseError if neither."""
     root = Path(root)
     if (root / "cutouts").is_dir():
         return root
     if (root / "database" / "cutouts").is_dir():
         return root / "database"
-    raise FileNotFoundError(f"{root} has no cutouts/ (nor database/cutouts/): not an InLoc database")
+    raise DatabaseError(f"{root}: no cutouts/ (nor database/cutouts/) folder, not an InLoc database")
 
 
 def alignment_path(root: Path, floor: str, building: str, scan: str) -> Path:
@@ -54,46 +60,69 @@ def alignment_path(root: Path, floor: str, building: str, scan: str) -> Path:
 
 
 def read_p_after(path: str | Path) -> np.ndarray:
-    """P_after (4 x 4, scan -> world) from lines 8-11 of an InLoc alignment file."""
-    with open(path) as f:
-        lines = f.readlines()
+    """P_after (4 x 4, scan -> world) from lines 8-11 of an InLoc alignment file; DatabaseError if unusable."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatabaseError(f"{path}: cannot read alignment file ({e.__class__.__name__}: {e})") from e
     if len(lines) < 11:
-        raise ValueError(f"{path}: alignment file has {len(lines)} lines, P_after needs lines 8-11")
-    P = np.array([[float(v) for v in lines[i].split()] for i in range(7, 11)])
-    if P.shape != (4, 4):
-        raise ValueError(f"{path}: lines 8-11 do not hold a 4x4 matrix")
-    return P
+        raise DatabaseError(f"{path}: alignment file has {len(lines)} lines, P_after needs lines 8-11")
+    rows = []
+    for i in range(7, 11):
+        try:
+            row = [float(v) for v in lines[i].split()]
+        except ValueError:
+            row = []
+        if len(row) != 4:
+            raise DatabaseError(f"{path}: line {i + 1}: expected 4 numbers of P_after, got {lines[i].strip()!r}")
+        rows.append(row)
+    return np.array(rows)
 
 
 def read_xyzcut(mat_path: str | Path) -> np.ndarray:
-    """XYZcut of a cutout .jpg.mat (H x W x 3, scan frame, NaN = no depth)."""
+    """XYZcut of a cutout .jpg.mat (H x W x 3, scan frame, NaN = no depth); DatabaseError if unusable."""
+    if not Path(mat_path).is_file():
+        raise DatabaseError(f"{mat_path}: cutout point file (XYZcut) missing")
     try:
         m = scipy.io.loadmat(str(mat_path), variable_names=["XYZcut"])
-    except (OSError, ValueError) as e:
-        raise IOError(f"cannot read cutout points {mat_path}: {e}") from e
+    except (OSError, ValueError, TypeError) as e:
+        raise DatabaseError(f"{mat_path}: cannot read cutout points ({e.__class__.__name__}: {e})") from e
     if "XYZcut" not in m:
-        raise IOError(f"{mat_path} has no XYZcut")
-    return np.asarray(m["XYZcut"], dtype=np.float64)
+        raise DatabaseError(f"{mat_path}: no XYZcut variable")
+    xyz = np.asarray(m["XYZcut"], dtype=np.float64)
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise DatabaseError(f"{mat_path}: XYZcut has shape {xyz.shape}, expected H x W x 3")
+    return xyz
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
+    """(width, height) of a cutout image from its header; DatabaseError naming the file if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatabaseError(f"{path}: cannot read cutout image ({e.__class__.__name__}: {e})") from e
 
 
 def read_inloc_db(root: str | Path) -> list[DbImage]:
-    """All cutouts of an InLoc database as DbImage records (pose None: cutouts store points only)."""
+    """All cutouts of an InLoc database as DbImage records (pose None: cutouts store points only).
+
+    Raises DatabaseError naming the file for a missing folder, image or alignment file; a cutout's
+    points (.jpg.mat) and P_after are read when its record's ``world_xyz`` is first called."""
     root = _database_root(root)
     cut = root / "cutouts"
     out = []
     p_after_cache: dict[Path, np.ndarray] = {}
+    checked: set[Path] = set()
     for img in sorted(cut.glob("*/*/*.jpg")):
         floor, scan = img.parent.parent.name, img.parent.name
         name = f"{floor}/{scan}/{img.name}"
         apath = alignment_path(root, floor, img.name[:3], scan)
         mpath = img.with_name(img.name + ".mat")
+        if apath not in checked:
+            if not apath.is_file():
+                raise DatabaseError(f"{apath}: alignment file missing (needed by cutout {name})")
+            checked.add(apath)
         w, h = _image_size(img)
 
         def loader(mpath: Path = mpath, apath: Path = apath) -> np.ndarray:
@@ -106,17 +135,13 @@ def read_inloc_db(root: str | Path) -> list[DbImage]:
 
         out.append(DbImage(name, img, cutout_camera(w, h), None, loader, floor=floor))
     if not out:
-        raise FileNotFoundError(f"no cutouts found under {cut}/<floor>/<scan>/*.jpg")
+        raise DatabaseError(f"{cut}: no cutouts found as <floor>/<scan>/*.jpg")
     return out
 
 
 def write_inloc_cutout(root: str | Path, floor: str, scan: str, name: str, rgb: np.ndarray,
                        xyz_scan: np.ndarray) -> Path:
     """Write one cutout: <name> jpg and <name>.mat with XYZcut (scan frame) and RGBcut."""
-    from datasets.rgbd_folder import write_image
-
-    import io
-
     path = Path(root) / "cutouts" / floor / scan / name
     write_image(path, rgb)
     buf = io.BytesIO()
@@ -135,28 +160,31 @@ def write_inloc_alignment(root: str | Path, floor: str, building: str, scan: str
     """Write an alignment file with P_before on lines 3-6 and P_after (scan -> world) on lines 8-11."""
     path = alignment_path(Path(root), floor, building, scan)
     P_before = np.eye(4) if P_before is None else P_before
-    rows = lambda P: "".join(" ".join(f"{v:.10f}" for v in r) + "\n" for r in np.asarray(P))  # noqa: E731
     with atomic_write(path) as f:
         f.write(f"{building}_trans_{scan}\n")
         f.write("P_before_GICP\n")
-        f.write(rows(P_before))
+        f.write(_matrix_rows(P_before))
         f.write("P_after_GICP\n")
-        f.write(rows(P_after))
+        f.write(_matrix_rows(P_after))
     return path
 
 
+def _matrix_rows(P: np.ndarray) -> str:
+    """A matrix as text lines of space-separated values (10 decimals), as in InLoc's alignment files."""
+    return "".join(" ".join(f"{v:.10f}" for v in r) + "\n" for r in np.asarray(P))
+
+
 def floor_of(db_name: str) -> str:
-    """Floor label of an InLoc database name ('DUC1/024/...' or '.../cutouts/DUC1/024/...')."""
+    """Floor label of an InLoc database name: the first folder after an optional '.../cutouts/' prefix
+    ('DUC1/024/x.jpg' -> 'DUC1'); '' for a name without a folder."""
     parts = Path(db_name).parts
     if "cutouts" in parts:
         parts = parts[parts.index("cutouts") + 1:]
-    return parts[0]
+    return parts[0] if len(parts) > 1 else ""
 
 
 def estimate_cutout_pose(db: DbImage, num_points: int = 2000, seed: int = 0) -> Pose:
     """World-to-camera pose of a cutout, fitted by PnP to its own pixel -> world point map."""
-    import cv2
-
     xyz = db.world_xyz()
     valid = np.flatnonzero(np.isfinite(xyz).all(-1).ravel())
     if len(valid) < 6:

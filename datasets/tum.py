@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from localize.core.records import DbImage
-from datasets.rgbd_folder import depth_path, read_depth_png
+from datasets.rgbd_folder import depth_path, load_depth_map
+from datasets.textrows import numbered_rows, parse_floats
+from localize.core.errors import DatabaseError
 from localize.core.formats import atomic_write, write_poses, write_query_list
 from localize.core.geometry import Camera, Pose, depth_to_world
+from localize.core.records import DbImage
 
 TUM_DEPTH_SCALE = 5000.0
 # fr1 calibrated RGB camera: pinhole part only (distortion ignored), the full OpenCV model with its
@@ -39,26 +41,19 @@ class TumFrame:
     pose: Pose
 
 
-def _read_rows(path: Path) -> list[list[str]]:
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                rows.append(line.split())
-    return rows
-
-
 def read_intrinsics_file(path: str | Path) -> Camera:
     """Read 'name value' lines (the shared intrinsics.txt) as a 640x480 camera: FULL_OPENCV when
     distortion k1 k2 p1 p2 [k3] is given, else PINHOLE."""
     vals = {}
-    for tok in _read_rows(Path(path)):
+    for _, tok in numbered_rows(path):
         if len(tok) == 2:
             try:
                 vals[tok[0]] = float(tok[1])
             except ValueError:
                 pass
+    missing = [k for k in ("fx", "fy", "cx", "cy") if k not in vals]
+    if missing:
+        raise DatabaseError(f"{path}: no numeric value for {', '.join(missing)}")
     pin = (vals["fx"], vals["fy"], vals["cx"], vals["cy"])
     if all(k in vals for k in ("k1", "k2", "p1", "p2")):
         dist = tuple(vals[k] for k in ("k1", "k2", "p1", "p2")) + (vals.get("k3", 0.0), 0.0, 0.0, 0.0)
@@ -82,23 +77,27 @@ def interpolate_trajectory(stamps: np.ndarray, txyz: np.ndarray, qxyzw: np.ndarr
 
 
 def read_tum_frames(root: str | Path) -> list[TumFrame]:
-    """Associated frames of a TUM sequence folder: frames.txt if present, else rgb/depth/groundtruth.txt."""
+    """Associated frames of a TUM sequence folder: frames.txt if present, else rgb/depth/groundtruth.txt.
+
+    Raises DatabaseError naming the file (and line) when a list is missing or malformed."""
     root = Path(root)
     if (root / "frames.txt").exists():
+        path = root / "frames.txt"
         out = []
-        for tok in _read_rows(root / "frames.txt"):
+        for lineno, tok in numbered_rows(path):
             if len(tok) != 11:
-                raise ValueError(f"{root}/frames.txt: expected 11 fields per line, got {len(tok)}")
-            t = [float(v) for v in tok[4:7]]
-            q = [float(v) for v in tok[7:11]]
-            out.append(TumFrame(float(tok[0]), tok[1], float(tok[2]), tok[3], Pose.from_tum(t, q)))
+                raise DatabaseError(f"{path}: line {lineno}: expected 11 fields 'rgb_ts rgb_file depth_ts depth_file "
+                                    f"tx ty tz qx qy qz qw', got {len(tok)}")
+            ts = parse_floats(path, lineno, [tok[0], tok[2]], "the timestamps")
+            pose = parse_floats(path, lineno, tok[4:11], "the pose")
+            out.append(TumFrame(ts[0], tok[1], ts[1], tok[3], Pose.from_tum(pose[:3], pose[3:])))
         return out
     for req in ("rgb.txt", "depth.txt", "groundtruth.txt"):
         if not (root / req).exists():
-            raise FileNotFoundError(f"{root} is not a TUM sequence: neither frames.txt nor {req}")
-    rgb = [(float(r[0]), r[1]) for r in _read_rows(root / "rgb.txt")]
-    depth = [(float(r[0]), r[1]) for r in _read_rows(root / "depth.txt")]
-    gt = np.array([[float(v) for v in r[:8]] for r in _read_rows(root / "groundtruth.txt")])
+            raise DatabaseError(f"{root / req}: missing, and no frames.txt: {root} is not a TUM sequence")
+    rgb = _timestamped_files(root / "rgb.txt")
+    depth = _timestamped_files(root / "depth.txt")
+    gt = _trajectory(root / "groundtruth.txt")
     order = np.argsort(gt[:, 0])
     gt = gt[order]
     dts = np.array([d[0] for d in depth])
@@ -114,6 +113,29 @@ def read_tum_frames(root: str | Path) -> list[TumFrame]:
     return out
 
 
+def _timestamped_files(path: Path) -> list[tuple[float, str]]:
+    """(timestamp s, file) rows of rgb.txt / depth.txt; DatabaseError naming the line of a malformed one."""
+    out = []
+    for lineno, tok in numbered_rows(path):
+        if len(tok) < 2:
+            raise DatabaseError(f"{path}: line {lineno}: expected 'timestamp file', got {len(tok)} field(s)")
+        out.append((parse_floats(path, lineno, tok[:1], "the timestamp")[0], tok[1]))
+    return out
+
+
+def _trajectory(path: Path) -> np.ndarray:
+    """groundtruth.txt as an N x 8 array (timestamp tx ty tz qx qy qz qw); DatabaseError naming a malformed line."""
+    rows = []
+    for lineno, tok in numbered_rows(path):
+        if len(tok) < 8:
+            raise DatabaseError(f"{path}: line {lineno}: expected 'timestamp tx ty tz qx qy qz qw', "
+                                f"got {len(tok)} fields")
+        rows.append(parse_floats(path, lineno, tok[:8], "the timestamp and pose"))
+    if not rows:
+        raise DatabaseError(f"{path}: no poses")
+    return np.array(rows)
+
+
 def frame_name(frame: TumFrame) -> str:
     """Image name of a frame: its rgb file path relative to the sequence (e.g. 'rgb/<ts>.png')."""
     return frame.rgb_file
@@ -124,18 +146,22 @@ def read_tum(root: str | Path, camera: Camera | str = "calibrated",
     """TUM frames as DbImage records; camera 'calibrated' (fr1 pinhole), 'distorted' (fr1 with its
     distortion), 'default' (525) or a Camera."""
     root = Path(root)
-    cam = {"calibrated": TUM_FR1_CALIBRATED, "distorted": TUM_FR1_DISTORTED,
-           "default": TUM_DEFAULT}.get(camera, camera) \
-        if isinstance(camera, str) else camera
-    if not isinstance(cam, Camera):
-        raise ValueError(f"unknown TUM camera {camera!r}: use 'calibrated', 'distorted', 'default' or a Camera")
+    named = {"calibrated": TUM_FR1_CALIBRATED, "distorted": TUM_FR1_DISTORTED, "default": TUM_DEFAULT}
+    if isinstance(camera, str):
+        if camera not in named:
+            raise ValueError(f"unknown TUM camera {camera!r}: use 'calibrated', 'distorted', 'default' or a Camera")
+        cam = named[camera]
+    elif isinstance(camera, Camera):
+        cam = camera
+    else:
+        raise TypeError(f"TUM camera must be a name or a Camera, got {type(camera).__name__}")
     frames = read_tum_frames(root) if frames is None else frames
     out = []
     for fr in frames:
         dpath = root / fr.depth_file
 
         def loader(dpath: Path = dpath, pose: Pose = fr.pose) -> np.ndarray:
-            return depth_to_world(read_depth_png(dpath, TUM_DEPTH_SCALE), cam, pose)
+            return depth_to_world(load_depth_map(dpath, TUM_DEPTH_SCALE, cam), cam, pose)
 
         out.append(DbImage(frame_name(fr), root / fr.rgb_file, cam, fr.pose, loader))
     return out
@@ -147,7 +173,7 @@ def export_rgbd_folder(root: str | Path, out: str | Path, frames: list[TumFrame]
     root, out = Path(root), Path(out)
     records = read_tum(root, camera, frames)
     frames = read_tum_frames(root) if frames is None else frames
-    for rec, fr in zip(records, frames):
+    for rec, fr in zip(records, frames, strict=True):
         dst = out / "images" / rec.name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(rec.image_path, dst)

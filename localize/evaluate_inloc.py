@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.io
 
+from datasets.inloc import floor_of
 from localize.core.formats import PoseEntry, atomic_write, read_poses, write_poses
 from localize.core.geometry import Pose, pose_error
 
@@ -68,14 +69,6 @@ def read_estimates(path: str | Path) -> dict[str, PoseEntry | None]:
     return dict(read_poses(path))
 
 
-def db_floor(db_name: str) -> str:
-    """Floor label of a database name: the first folder after an optional '.../cutouts/' prefix."""
-    parts = Path(db_name).parts
-    if "cutouts" in parts:
-        parts = parts[parts.index("cutouts") + 1:]
-    return parts[0] if len(parts) > 1 else ""
-
-
 @dataclass
 class GroupResult:
     """Scores of one group of queries (a floor or all)."""
@@ -99,7 +92,7 @@ def evaluate(gt: Mapping[str, Mapping[str, Pose]], estimates: Mapping[str, PoseE
             if est is None or not est.pose.is_finite():
                 errors[q] = (math.inf, math.inf)
                 continue
-            if floor_rule and est.top1 and len(gt) > 1 and db_floor(est.top1) != group:
+            if floor_rule and est.top1 and len(gt) > 1 and floor_of(est.top1) != group:
                 errors[q] = (math.inf, math.inf)
                 continue
             errors[q] = pose_error(est.pose, ref)

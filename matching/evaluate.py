@@ -17,7 +17,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from localize.core.geometry import Camera, Pose, depth_to_world, project_world
+from datasets.correspondences import visible_projection
+from localize.core.geometry import Camera, Pose, depth_to_world
+from localize.core.records import lift_pixels
 
 log = logging.getLogger(__name__)
 GroundTruth = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -51,24 +53,16 @@ def depth_ground_truth(depth_a: np.ndarray, depth_b: np.ndarray | None, camera_a
     """GT function from A's depth (metres, NaN/0 missing) and both WORLD-TO-CAMERA poses.
 
     Pixels of A are lifted with bilinear depth, projected into B; with ``depth_b`` a point counts only
-    when B's depth at the projection agrees within ``occlusion_tol`` (relative), i.e. it is visible.
+    when B's depth at the nearest pixel agrees within ``occlusion_tol`` (relative), i.e. it is visible
+    (``datasets.correspondences.visible_projection``).
     """
-    from localize.core.records import lift_pixels
-
     xyz = depth_to_world(np.where(np.isfinite(depth_a), depth_a, 0.0), camera_a, pose_a)
 
     def gt(uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pts, ok = lift_pixels(xyz, uv)
         pts = np.where(ok[:, None], pts, 0.0)
-        proj, z, inside = project_world(pts, camera_b, pose_b)
-        valid = ok & inside
-        if depth_b is not None:
-            H, W = depth_b.shape
-            ix = np.clip(np.floor(proj[:, 0]).astype(int), 0, W - 1)
-            iy = np.clip(np.floor(proj[:, 1]).astype(int), 0, H - 1)
-            db = depth_b[iy, ix]
-            valid &= np.isfinite(db) & (np.abs(db - z) <= occlusion_tol * np.maximum(z, 1e-6))
-        return proj, valid
+        proj, _, visible = visible_projection(pts, camera_b, pose_b, depth_b, rel_tol=occlusion_tol, abs_tol=0.0)
+        return proj, ok & visible
 
     return gt
 

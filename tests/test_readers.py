@@ -1,15 +1,26 @@
-"""Database readers on files written in the real layouts: plain RGB-D folder, InLoc, TUM."""
+"""Database readers on files written in the real layouts: plain RGB-D folder, InLoc, TUM; their errors."""
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from datasets.inloc import (estimate_cutout_pose, inloc_query_camera, read_inloc_db, read_p_after,
-                            write_inloc_alignment, write_inloc_cutout)
-from localize.core.records import lift_pixels
+from datasets.database import load_database
+from datasets.inloc import (
+    estimate_cutout_pose,
+    inloc_query_camera,
+    read_inloc_db,
+    read_p_after,
+    write_inloc_alignment,
+    write_inloc_cutout,
+)
 from datasets.rgbd_folder import read_rgbd_folder, write_rgbd_folder
 from datasets.tum import export_rgbd_folder, read_tum, read_tum_frames
+from localize.core.errors import DatabaseError
 from localize.core.geometry import Camera, Pose, depth_to_world, look_at, project_world
+from localize.core.records import lift_pixels
 
 
 def _plane_depth(cam: Camera, pose: Pose) -> np.ndarray:
@@ -48,7 +59,7 @@ def test_rgbd_folder_roundtrip(tmp_path):
     write_rgbd_folder(tmp_path / "db", items, depth_scale=1000)
     recs = read_rgbd_folder(tmp_path / "db")
     assert [r.name for r in recs] == ["sub/img0.png", "sub/img1.png", "sub/img2.png"]
-    for (name, rgb, depth, cam_, pose), r in zip(items, recs):
+    for (_, _, _, cam_, pose), r in zip(items, recs, strict=True):
         assert r.camera == cam_
         np.testing.assert_allclose(r.pose.matrix, pose.matrix, atol=1e-8)
         xyz = r.world_xyz()
@@ -57,7 +68,7 @@ def test_rgbd_folder_roundtrip(tmp_path):
         np.testing.assert_allclose(xyz[ok][:, 1], 3.0, atol=2e-3)  # on the plane, up to mm quantisation
     # a missing depth map gives an error naming the file
     (tmp_path / "db" / "depth" / "sub" / "img1.png").unlink()
-    with pytest.raises(FileNotFoundError, match="img1.png"):
+    with pytest.raises(DatabaseError, match=r"depth/sub/img1\.png: depth map missing"):
         read_rgbd_folder(tmp_path / "db")[1].world_xyz()
 
 
@@ -75,7 +86,7 @@ def test_inloc_layout_reader(tmp_path):
     write_inloc_alignment(root, "DUC1", "DUC", "024", P_after)
     np.testing.assert_allclose(read_p_after(root / "alignments/DUC1/transformations/DUC_trans_024.txt"), P_after)
     lines = (root / "alignments/DUC1/transformations/DUC_trans_024.txt").read_text().splitlines()
-    np.testing.assert_allclose(np.array([l.split() for l in lines[7:11]], float), P_after)
+    np.testing.assert_allclose(np.array([line.split() for line in lines[7:11]], float), P_after)
     recs = read_inloc_db(tmp_path)  # dataset root containing database/
     assert len(recs) == 1 and recs[0].name == "DUC1/024/DUC_cutout_024_30_0.jpg" and recs[0].floor == "DUC1"
     world = recs[0].world_xyz()
@@ -85,8 +96,8 @@ def test_inloc_layout_reader(tmp_path):
     est = estimate_cutout_pose(recs[0])
     truth = pose_scan * Pose.from_matrix(P_after).inverse()
     np.testing.assert_allclose(est.matrix, truth.matrix, atol=1e-5)
-    uv, _, inside = project_world(world[10:12, 10:12].reshape(-1, 3), recs[0].camera, truth)
-    pts, ok = recs[0].lift(uv)
+    uv, _, _ = project_world(world[10:12, 10:12].reshape(-1, 3), recs[0].camera, truth)
+    pts, _ = recs[0].lift(uv)
     np.testing.assert_allclose(pts, world[10:12, 10:12].reshape(-1, 3), atol=1e-6)
 
 
@@ -97,8 +108,6 @@ def test_inloc_query_camera():
 
 
 def test_tum_original_layout_association(tmp_path):
-    import cv2
-
     (tmp_path / "rgb").mkdir()
     (tmp_path / "depth").mkdir()
     rgb_ts = [1.00, 1.10, 1.20]
@@ -148,3 +157,142 @@ def test_tum_shared_depth_warp_consistency(tum_root, tmp_path):
     back = read_rgbd_folder(out)
     assert len(back) == 3
     np.testing.assert_allclose(back[1].world_xyz(), recs[1].world_xyz(), equal_nan=True, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- bad databases: DatabaseError
+
+
+def _one_line_error(exc: pytest.ExceptionInfo, path: Path, *parts: str) -> str:
+    """The error message, checked to be one line naming ``path`` and containing every ``part``."""
+    msg = str(exc.value)
+    assert exc.type is DatabaseError
+    assert "\n" not in msg and str(path) in msg, msg
+    for p in parts:
+        assert p in msg, (p, msg)
+    return msg
+
+
+def _rgbd_db(root: Path, n: int = 2) -> Path:
+    """A small valid plain RGB-D folder of ``n`` images 'img<i>.png'."""
+    cam = Camera.pinhole(20, 15, 18.0)
+    items = []
+    for i in range(n):
+        pose = look_at([0.1 * i, 0, 1], [0.1 * i, 3, 1])
+        items.append((f"img{i}.png", np.zeros((15, 20, 3), np.uint8), _plane_depth(cam, pose), cam, pose))
+    write_rgbd_folder(root, items, depth_scale=1000)
+    return root
+
+
+@pytest.mark.parametrize("missing", ["poses.txt", "cameras.txt", "depth_scale.txt"])
+def test_rgbd_missing_file(tmp_path, missing):
+    db = _rgbd_db(tmp_path / "db")
+    (db / missing).unlink()
+    with pytest.raises(DatabaseError) as exc:
+        read_rgbd_folder(db)
+    _one_line_error(exc, db / missing, "missing")
+    with pytest.raises(DatabaseError) as exc:  # through the one loader, whichever format is asked for
+        load_database(db, "rgbd")
+    _one_line_error(exc, db / missing)
+
+
+def test_rgbd_malformed_lines_name_their_line(tmp_path):
+    db = _rgbd_db(tmp_path / "db", 3)
+    poses = (db / "poses.txt").read_text().splitlines()
+    # a comment and a blank line first: the line number is the file's, not the count of data lines
+    bad = ["# name qw qx qy qz tx ty tz", "", poses[0], poses[1].replace(poses[1].split()[3], "oops", 1), poses[2]]
+    (db / "poses.txt").write_text("\n".join(bad) + "\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_rgbd_folder(db)
+    _one_line_error(exc, db / "poses.txt", "line 4", "oops")
+    (db / "poses.txt").write_text("\n".join(poses[:2] + [" ".join(poses[2].split()[:5])]) + "\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_rgbd_folder(db)
+    _one_line_error(exc, db / "poses.txt", "line 3", "5 fields")
+    (db / "poses.txt").write_text("\n".join(poses) + "\n")
+    cams = (db / "cameras.txt").read_text().splitlines()
+    (db / "cameras.txt").write_text("\n".join([cams[0], "img1.png NOSUCHMODEL 20 15 18", cams[2]]) + "\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_rgbd_folder(db)
+    _one_line_error(exc, db / "cameras.txt", "line 2")
+    (db / "cameras.txt").write_text("\n".join([cams[0], cams[2]]) + "\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_rgbd_folder(db)
+    _one_line_error(exc, db / "cameras.txt", "img1.png")
+    (db / "cameras.txt").write_text("\n".join(cams) + "\n")
+    (db / "depth_scale.txt").write_text("mm\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_rgbd_folder(db)
+    _one_line_error(exc, db / "depth_scale.txt", "line 1", "mm")
+
+
+def test_rgbd_bad_depth_maps_name_the_file(tmp_path):
+    db = _rgbd_db(tmp_path / "db", 3)
+    (db / "depth" / "img0.png").unlink()
+    (db / "depth" / "img1.png").write_bytes(b"not a png")
+    cv2.imwrite(str(db / "depth" / "img2.png"), np.zeros((7, 9), np.uint16))
+    recs = read_rgbd_folder(db)  # depth maps are read on use
+    for rec, reason in zip(recs, ["depth map missing", "cannot read depth map", "9x7"], strict=True):
+        with pytest.raises(DatabaseError) as exc:
+            rec.world_xyz()
+        _one_line_error(exc, db / "depth" / rec.name, reason)
+
+
+def test_inloc_bad_database(tmp_path):
+    root = tmp_path / "database"
+    with pytest.raises(DatabaseError) as exc:
+        read_inloc_db(root)
+    _one_line_error(exc, root, "cutouts")
+    cam = Camera.pinhole(8, 6, 7.0)
+    xyz = depth_to_world(np.full((6, 8), 2.0), cam, look_at([0, 0, 0], [0, 1, 0]))
+    write_inloc_cutout(root, "DUC1", "024", "DUC_cutout_024_0_0.jpg", np.zeros((6, 8, 3), np.uint8), xyz)
+    align = root / "alignments/DUC1/transformations/DUC_trans_024.txt"
+    with pytest.raises(DatabaseError) as exc:  # alignment file missing: found when the database is read
+        read_inloc_db(root)
+    _one_line_error(exc, align, "alignment file missing", "DUC1/024/DUC_cutout_024_0_0.jpg")
+    write_inloc_alignment(root, "DUC1", "DUC", "024", np.eye(4))
+    lines = align.read_text().splitlines()
+    lines[8] = "0 1 zero 0"
+    align.write_text("\n".join(lines) + "\n")
+    rec = read_inloc_db(root)[0]
+    with pytest.raises(DatabaseError) as exc:
+        rec.world_xyz()
+    _one_line_error(exc, align, "line 9", "zero")
+    align.write_text("\n".join(lines[:9]) + "\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_p_after(align)
+    _one_line_error(exc, align, "9 lines")
+    write_inloc_alignment(root, "DUC1", "DUC", "024", np.eye(4))
+    mat = root / "cutouts/DUC1/024/DUC_cutout_024_0_0.jpg.mat"
+    mat.unlink()
+    rec = read_inloc_db(root)[0]
+    with pytest.raises(DatabaseError) as exc:
+        rec.world_xyz()
+    _one_line_error(exc, mat, "missing")
+
+
+def test_tum_bad_lists_name_their_line(tmp_path):
+    with pytest.raises(DatabaseError) as exc:
+        read_tum_frames(tmp_path)
+    _one_line_error(exc, tmp_path / "rgb.txt", "missing")
+    frames = tmp_path / "frames.txt"
+    good = "1.0 rgb/1.png 1.0 depth/1.png 0 0 0 0 0 0 1"
+    frames.write_text(f"# frames\n{good}\n1.1 rgb/2.png 1.1 depth/2.png 0 0 0 0 0 1\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_tum_frames(tmp_path)
+    _one_line_error(exc, frames, "line 3", "got 10")
+    frames.write_text(f"{good}\n{good.replace('0 0 0 0 0 0 1', '0 0 x 0 0 0 1')}\n")
+    with pytest.raises(DatabaseError) as exc:
+        load_database(tmp_path, "tum")
+    _one_line_error(exc, frames, "line 2", "x")
+    frames.write_text(good + "\n")
+    rec = read_tum(tmp_path)[0]  # depth/1.png does not exist
+    with pytest.raises(DatabaseError) as exc:
+        rec.world_xyz()
+    _one_line_error(exc, tmp_path / "depth/1.png", "depth map missing")
+    frames.unlink()
+    (tmp_path / "rgb.txt").write_text("1.0 rgb/1.png\n")
+    (tmp_path / "depth.txt").write_text("1.0 depth/1.png\n")
+    (tmp_path / "groundtruth.txt").write_text("0.9 0 0 0 0 0 0 1\n1.1 0 0 0 0 0 1\n")
+    with pytest.raises(DatabaseError) as exc:
+        read_tum_frames(tmp_path)
+    _one_line_error(exc, tmp_path / "groundtruth.txt", "line 2", "got 7 fields")

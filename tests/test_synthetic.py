@@ -1,19 +1,25 @@
-"""Tests of the synthetic building generator (datasets/synthetic.py) on the `tiny` size."""
+"""Tests of the synthetic building generator (datasets/synthetic/) on the `tiny` size, and its CLI."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datasets import synthetic as S
-from datasets.inloc import read_inloc_db
+from datasets.correspondences import visible_projection
+from datasets.inloc import read_inloc_db, read_xyzcut
 from datasets.rgbd_folder import read_depth_png, read_rgbd_folder
+from datasets.synthetic.__main__ import main as synthetic_main
 from localize.core.formats import read_poses, read_query_list
-from localize.core.geometry import depth_to_world, project_world
+from localize.core.geometry import Camera, depth_to_world, look_at, project_world
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,7 @@ def test_depth_backprojection_matches_xyz() -> None:
         ok = np.isfinite(depth)
         np.testing.assert_allclose(back[ok], xyz[ok], atol=1e-6)
         # and the XYZ reprojects onto its own pixel centres
-        uv, z, inside = project_world(xyz[ok], cam, pose)
+        uv, z, _ = project_world(xyz[ok], cam, pose)
         np.testing.assert_allclose(uv, cam.pixel_grid()[ok], atol=1e-6)
         np.testing.assert_allclose(z, depth[ok], atol=1e-9)
 
@@ -73,7 +79,7 @@ def test_render_deterministic_and_changes_with_illumination() -> None:
     pose = S.camera_pose(scene.scans[0].center, 45)
     a = S.render(scene, cam, pose)
     b = S.render(S.build_scene(1, "tiny"), cam, pose)
-    assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b, strict=True))
     app = S.Appearance("night", S.Illumination((0, 0, 1), (0, 0, 0), (0.1, 0.1, 0.12), (0.9, 0.7, 0.5)))
     c = S.render(scene, cam, pose, appearance=app)
     assert np.array_equal(a[1], c[1], equal_nan=True) and not np.array_equal(a[0], c[0])
@@ -150,7 +156,6 @@ def test_inloc_layout_matches_plain_folder(tiny: Path) -> None:
 
 
 def test_inloc_scan_frame_is_not_world(tiny: Path) -> None:
-    from datasets.inloc import read_xyzcut
     d = read_inloc_db(tiny / "inloc")[0]
     xyz_scan = read_xyzcut(Path(str(d.image_path) + ".mat"))
     xyz_world = d.world_xyz()
@@ -184,3 +189,43 @@ def test_different_seed_differs(tiny: Path) -> None:
     ia = S.render(a, cam, S.camera_pose(a.scans[0].center, 0))[0]
     ib = S.render(b, cam, S.camera_pose(b.scans[0].center, 0))[0]
     assert not np.array_equal(ia, ib)
+
+
+def test_public_names_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The package re-exports its public names; ``python -m datasets.synthetic`` keeps its options."""
+    for name in S.__all__:
+        assert getattr(S, name) is not None, name
+    with pytest.raises(SystemExit) as exc:
+        synthetic_main(["--help"])
+    assert exc.value.code == 0
+    usage = capsys.readouterr().out
+    for opt in ("--out", "--seed", "--size", "--preview", "--layouts", "--force"):
+        assert opt in usage
+    with pytest.raises(SystemExit):
+        synthetic_main(["--out", str(tmp_path), "--layouts", "rgbd,nope"])
+    r = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0 and "--layouts" in r.stdout and "inloc-size" in r.stdout
+
+
+def test_visible_projection_tolerance_and_nearest_pixel() -> None:
+    """Depth agreement within max(rel_tol * z, abs_tol) at the pixel containing the projection (floor)."""
+    cam = Camera.pinhole(4, 4, 4.0)  # principal point (2, 2)
+    pose = look_at([0, 0, 0], [0, 1, 0])
+    uv = np.array([[2.9, 1.1], [0.5, 3.5], [2.9, 1.1], [2.9, 1.1], [9.0, 1.0]])
+    z = np.array([2.0, 3.0, 2.0, 2.0, 2.0])
+    pts = pose.inverse().transform(cam.backproject(uv, z))
+    pts = np.vstack([pts, [np.nan, 1, 0]])
+    depth_b = np.full((4, 4), np.nan)
+    depth_b[1, 2] = 2.03  # pixel (row 1, col 2) holds (2.9, 1.1): within 2 % of 2.0
+    depth_b[3, 0] = 3.2   # 0.2 m off at 3 m: hidden
+    uv_b, z_b, vis = visible_projection(pts, cam, pose, depth_b, rel_tol=0.02, abs_tol=0.01)
+    np.testing.assert_allclose(uv_b[:5][[0, 1, 2, 3]], uv[[0, 1, 2, 3]], atol=1e-9)
+    np.testing.assert_allclose(z_b[:4], z[:4], atol=1e-9)
+    assert vis.tolist() == [True, False, True, True, False, False]
+    assert np.isnan(uv_b[5]).all() and np.isnan(z_b[5])
+    # a stricter relative tolerance rejects the 1.5 % disagreement unless the absolute floor allows it
+    assert not visible_projection(pts, cam, pose, depth_b, rel_tol=0.01, abs_tol=0.0)[2][0]
+    assert visible_projection(pts, cam, pose, depth_b, rel_tol=0.01, abs_tol=0.05)[2][0]
+    # without a depth map only the image bounds and finiteness count
+    assert visible_projection(pts, cam, pose, None)[2].tolist() == [True, True, True, True, False, False]

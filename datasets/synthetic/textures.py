@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
+import skimage.data
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def stripes_texture(rng: np.random.Generator, c0: np.ndarray, c1: np.ndarray, n_
 def wood_texture(rng: np.random.Generator, c0: np.ndarray, c1: np.ndarray, rings: int = 6,
                  size: int = TEX_SIZE) -> np.ndarray:
     """Wood grain: noisy bands along one axis plus fine fibres (seamless)."""
-    y, x = np.mgrid[0:size, 0:size] / size
+    y, _x = np.mgrid[0:size, 0:size] / size
     warp = periodic_noise(rng, size, 3.0)
     t = 0.5 + 0.5 * np.sin(2 * np.pi * (rings * y + 0.15 * warp))
     fibres = periodic_noise(rng, size, 1.0, min_freq=size / 6)
@@ -177,8 +178,6 @@ def load_photo(name: str, size: int = TEX_SIZE) -> tuple[np.ndarray, float]:
 
 def _load_photo(name: str, size: int = TEX_SIZE) -> tuple[np.ndarray, float]:
     """A scikit-image sample photo resized to S x S RGB float32, and its aspect ratio (w / h)."""
-    import skimage.data
-
     img = np.asarray(getattr(skimage.data, name)())
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255

@@ -15,12 +15,13 @@ vertical faces use (horizontal along the wall as seen from outside, -z), horizon
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
+import cv2
 import numpy as np
 
-from datasets.textures import mip_pyramid
+from datasets.synthetic.textures import mip_pyramid
 from localize.core.geometry import Camera, Pose
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Box:
         if len(self.faces) != 6 or not (self.hi > self.lo).all():
             raise ValueError(f"bad box {self.label}: lo={self.lo} hi={self.hi} faces={len(self.faces)}")
 
-    def moved(self, delta: Sequence[float], kind: str | None = None) -> "Box":
+    def moved(self, delta: Sequence[float], kind: str | None = None) -> Box:
         """A copy translated by ``delta`` metres."""
         d = np.asarray(delta, dtype=np.float64)
         return Box(self.lo + d, self.hi + d, self.faces, kind or self.kind, self.room, self.group, self.label)
@@ -128,7 +129,7 @@ class CompiledScene:
             nx = int(np.ceil((r[:, 2].max() - gx0) / cell)) + 1
             ny = int(np.ceil((r[:, 3].max() - gy0) / cell)) + 1
             grid = np.full((ny, nx), -1, dtype=np.int32)
-            for li, (x0, y0, x1, y1) in zip(sel, r):
+            for li, (x0, y0, x1, y1) in zip(sel, r, strict=True):
                 grid[int(np.ceil((y0 - gy0) / cell)):int(np.floor((y1 - gy0) / cell)) + 1,
                      int(np.ceil((x0 - gx0) / cell)):int(np.floor((x1 - gx0) / cell)) + 1] = li
             self.lamp_grids.append((gx0, gy0, grid))
@@ -136,7 +137,7 @@ class CompiledScene:
     def lamp_index(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Index of the lamp lighting each point (-1 = none), from the rasterised room rectangles."""
         k = np.full(len(x), -1, dtype=np.int32)
-        for (z0, z1), (gx0, gy0, grid) in zip(self.lamp_bands, self.lamp_grids):
+        for (z0, z1), (gx0, gy0, grid) in zip(self.lamp_bands, self.lamp_grids, strict=True):
             m = (z >= z0) & (z <= z1)
             if not m.any():
                 continue
@@ -291,8 +292,6 @@ def _sample_textures(cs: CompiledScene, tex: np.ndarray, u: np.ndarray, v: np.nd
                      level: np.ndarray) -> np.ndarray:
     """Bilinear lookup (N x 3 float32, 0..1) of textures ``tex`` at normalised (u, v) in [0, 1] on mip
     ``level`` (wrapping, or clamped at the border for stretched 'fit' surfaces), via one cv2.remap."""
-    import cv2
-
     atlas, origin, sizes = _atlas(cs)
     S = sizes.astype(np.float32)[level]
     x = u.astype(np.float32) * S - 0.5
@@ -343,7 +342,7 @@ def _trilinear(vol: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> 
     S = vol.shape[0]
     out = np.zeros(len(x), dtype=np.float32)
     i0 = [np.floor(c).astype(np.int64) for c in (x, y, z)]
-    fr = [(c - i).astype(np.float32) for c, i in zip((x, y, z), i0)]
+    fr = [(c - i).astype(np.float32) for c, i in zip((x, y, z), i0, strict=True)]
     for dx in (0, 1):
         wx = fr[0] if dx else 1 - fr[0]
         for dy in (0, 1):
@@ -362,7 +361,7 @@ def surface_wear(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     """
     vols = _wear_volumes()
     out = np.zeros(len(x), dtype=np.float32)
-    for k, (per, w) in enumerate(zip(WEAR_PERIODS, WEAR_WEIGHTS)):
+    for k, (per, w) in enumerate(zip(WEAR_PERIODS, WEAR_WEIGHTS, strict=True)):
         out += np.float32(w) * _trilinear(vols[k], x / per[0] * WEAR_SIZE, y / per[1] * WEAR_SIZE,
                                           z / per[2] * WEAR_SIZE)
     return np.clip(out / 1.5, -1.0, 1.0)
@@ -386,7 +385,11 @@ def shade(cs: CompiledScene, ids: np.ndarray, dirs: np.ndarray, origin: np.ndarr
         planes.append(pk)
     axis = np.where(ts[0] >= ts[1], 0, 1)
     axis = np.where(ts[2] > np.where(axis == 0, ts[0], ts[1]), 2, axis)
-    pick = lambda a: np.where(axis == 0, a[0], np.where(axis == 1, a[1], a[2]))  # noqa: E731
+
+    def pick(a: Sequence[np.ndarray]) -> np.ndarray:
+        """Per ray, the entry of ``a`` (one array per axis) for the ray's hit axis."""
+        return np.where(axis == 0, a[0], np.where(axis == 1, a[1], a[2]))
+
     t = pick(ts)  # exact plane intersection (float64) = z-depth
     dax = pick(d)
     face = 2 * axis + (dax < 0)
@@ -459,5 +462,13 @@ def render(cs: CompiledScene, camera: Camera, pose: Pose, illumination: Illumina
     return shade(cs, ids, dirs, pose.center, float(np.mean(camera.focal)), illumination)
 
 
-__all__ = ["Surface", "Box", "Illumination", "Lamp", "CompiledScene", "render", "cast_rays", "BACKGROUND",
-           ]
+__all__ = [
+    "BACKGROUND",
+    "Box",
+    "CompiledScene",
+    "Illumination",
+    "Lamp",
+    "Surface",
+    "cast_rays",
+    "render",
+]
