@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -134,12 +135,12 @@ def _lift_one(pm: PairMatches, db: DbImage | None, min_score: float) -> _Lifted:
     return _Lifted(pm.db_name, len(q), q[lr.indices], lr.points3d)
 
 
-def _candidate(l: _Lifted, camera: Camera, pnp: PnPConfig) -> Candidate:
-    if l.error:
-        res = PoseResult(False, l.error, num_points=len(l.p2), backend=pnp.backend)
+def _candidate(lf: _Lifted, camera: Camera, pnp: PnPConfig) -> Candidate:
+    if lf.error:
+        res = PoseResult(False, lf.error, num_points=len(lf.p2), backend=pnp.backend)
     else:
-        res = estimate_pose(l.p2, l.p3, camera, pnp)
-    return Candidate(l.name, res, l.num_matches, len(l.p2), [l.name], points2d=l.p2, points3d=l.p3)
+        res = estimate_pose(lf.p2, lf.p3, camera, pnp)
+    return Candidate(lf.name, res, lf.num_matches, len(lf.p2), [lf.name], points2d=lf.p2, points3d=lf.p3)
 
 
 def _sort_key(c: Candidate) -> tuple:
@@ -156,24 +157,24 @@ def estimate_candidates(camera: Camera, matches: Iterable[PairMatches], db: Mapp
         # stable sort: ties keep the retrieval order
         order = sorted(range(len(lifted)), key=lambda i: -len(lifted[i].p2))
         kept = [lifted[i] for i in order[: conf.top_n]]
-        cands = [] if (conf.pooled and conf.pooled_only) else [_candidate(l, camera, conf.pnp) for l in kept]
+        cands = [] if (conf.pooled and conf.pooled_only) else [_candidate(lf, camera, conf.pnp) for lf in kept]
     elif conf.rerank_by == "inliers":
-        allc = [_candidate(l, camera, conf.pnp) for l in lifted]
+        allc = [_candidate(lf, camera, conf.pnp) for lf in lifted]
         allc.sort(key=_sort_key)
         cands = allc[: conf.top_n]
         names = {c.db_name for c in cands}
-        kept = [l for l in lifted if l.name in names]
+        kept = [lf for lf in lifted if lf.name in names]
         if conf.pooled and conf.pooled_only:
             cands = []
     else:
         raise ValueError(f"unknown rerank_by {conf.rerank_by!r} (use {' or '.join(map(repr, RERANK_BY))})")
     if conf.pooled and kept:
-        good = [l for l in kept if not l.error and len(l.p2)]
-        p2 = np.concatenate([l.p2 for l in good]) if good else np.zeros((0, 2))
-        p3 = np.concatenate([l.p3 for l in good]) if good else np.zeros((0, 3))
+        good = [lf for lf in kept if not lf.error and len(lf.p2)]
+        p2 = np.concatenate([lf.p2 for lf in good]) if good else np.zeros((0, 2))
+        p3 = np.concatenate([lf.p3 for lf in good]) if good else np.zeros((0, 3))
         res = estimate_pose(p2, p3, camera, conf.pnp)
-        cands.append(Candidate(POOLED_NAME, res, sum(l.num_matches for l in kept), len(p2),
-                               [l.name for l in good], points2d=p2, points3d=p3))
+        cands.append(Candidate(POOLED_NAME, res, sum(lf.num_matches for lf in kept), len(p2),
+                               [lf.name for lf in good], points2d=p2, points3d=p3))
     cands.sort(key=_sort_key)
     for c in cands:
         logger.debug("candidate %s: %d matches, %d lifted, %s", c.db_name, c.num_matches, c.num_lifted,
@@ -193,7 +194,7 @@ def choose_pose(candidates: Sequence[Candidate], densepv_scores: Sequence[float 
     is ``Candidate.top1_db``.
     """
     if densepv_scores is not None:
-        for c, s in zip(candidates, densepv_scores):
+        for c, s in zip(candidates, densepv_scores, strict=False):  # as the pipeline
             c.densepv_score = None if s is None or not np.isfinite(s) else float(s)
     ok = [c for c in candidates if c.success]
     if not ok:
@@ -206,7 +207,7 @@ def choose_pose(candidates: Sequence[Candidate], densepv_scores: Sequence[float 
 
 # ----------------------------------------------------------------------------- cache record
 def candidates_to_record(cands: Sequence[Candidate], time_s: float = 0.0) -> dict[str, Any]:
-    """Pose-stage cache record: {"num", "time_s" (s), "cNNN": {"info" JSON, "P" 4x4 world-to-camera, "inlier_points2d"}}."""
+    """Pose-stage cache record: {"num", "time_s" (s), "cNNN": {"info" JSON, "P" world-to-camera 4x4, "inlier_points2d"}}."""
     rec: dict[str, Any] = {"num": np.int64(len(cands)), "time_s": np.float64(time_s)}
     for i, c in enumerate(cands):
         r = c.result

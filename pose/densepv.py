@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -269,14 +270,14 @@ def scan_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = No
 
 
 def point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None) -> PointSource:
-    """The points DensePV renders for a candidate, as ``conf`` says: whole scans (``whole_scan``) or its own image(s)."""
+    """The points DensePV renders for a candidate, per ``conf``: whole scans (``whole_scan``) or its own image(s)."""
     conf = conf or DensePVConfig()
     return scan_point_source(db, conf) if conf.whole_scan else db_point_source(db, conf)
 
 
-def order_by_densepv(query_rgb: np.ndarray, camera: Camera, candidates: list, points: PointSource | Mapping[str, DbImage],
-                     conf: DensePVConfig | None = None, save_dir: str | Path | None = None,
-                     query_name: str = "query") -> list:
+def order_by_densepv(query_rgb: np.ndarray, camera: Camera, candidates: list,
+                     points: PointSource | Mapping[str, DbImage], conf: DensePVConfig | None = None,
+                     save_dir: str | Path | None = None, query_name: str = "query") -> list:
     """Score each successful candidate with DensePV (sets ``densepv_score``); return them best first.
 
     ``points`` is either the DB records (rendered points chosen by ``point_source(records, conf)``)

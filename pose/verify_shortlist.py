@@ -21,9 +21,10 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ def verify_shortlist(shortlist: Sequence[tuple[str, float]], inliers: Mapping[st
 def main(conf: VerifyConfig | Mapping[str, Any] | None, shortlists: Mapping[str, Sequence[tuple[str, float]]],
          database: Mapping[str, DbImage], queries: Sequence[tuple[str, Path, Camera]], top_k: int | None = None,
          device: str = "cpu") -> dict[str, list[tuple[str, int]]]:
-    """Verify the first ``top_k`` shortlisted images of each (name, image path, camera) query: {query: [(db, inliers)]}."""
+    """Verify the first ``top_k`` shortlisted images of each (name, path, camera) query: {query: [(db, inliers)]}."""
     verifier = ShortlistVerifier(conf, database, device)
     out: dict[str, list[tuple[str, int]]] = {}
     for name, path, camera in tqdm(queries, desc="verification", unit="query"):

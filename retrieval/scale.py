@@ -45,8 +45,14 @@ import torch
 from localize.core.cache import StageCache, _group_name
 from localize.core.config import from_dict
 from localize.core.formats import atomic_write
-from retrieval.index import (exact_search, make_faiss_index, pca_transform, read_faiss_index, require_faiss,
-                             write_faiss_index)
+from retrieval.index import (
+    exact_search,
+    make_faiss_index,
+    pca_transform,
+    read_faiss_index,
+    require_faiss,
+    write_faiss_index,
+)
 from retrieval.pca import fit_pca
 
 logger = logging.getLogger(__name__)

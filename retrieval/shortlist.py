@@ -15,8 +15,9 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def search_pairs(db_desc: np.ndarray, db_names: Sequence[str], q_desc: np.ndarra
     idx = build_index(db_desc, index, nprobe=nprobe) if index == "flat" or len(db_desc) >= 39 else \
         build_index(db_desc, "flat")
     scores, ids = idx.search(q_desc, top_k)
-    return {q: [(db_names[j], float(s)) for s, j in zip(scores[r], ids[r]) if j >= 0]
+    return {q: [(db_names[j], float(s)) for s, j in zip(scores[r], ids[r], strict=True) if j >= 0]
             for r, q in enumerate(q_names)}
 
 

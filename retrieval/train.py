@@ -21,9 +21,10 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,7 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(conf: Mapping[str, Any] | None, db: str | Path | Sequence[str | Path] | Sequence[DbImage],
          out: str | Path, db_format: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Train on the pose-tagged images of ``db`` (folder(s) or records) and write the checkpoint ``out``; summary dict."""
+    """Train on the pose-tagged images of ``db`` (folder(s) or records), write the checkpoint ``out``; summary dict."""
     if isinstance(db, (str, Path)):
         db = [db]
     records: list[DbImage] = []
