@@ -156,3 +156,40 @@ def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):
     ok = {q.name: {d.name for d in db if view_covisibility(q, d) >= 0.3} for q in qs}
     r5 = np.mean([any(d in ok[q] for d, _ in lst) for q, lst in pairs.items()])
     assert r5 >= 0.6, r5  # default conf measured 0.875 (8 queries, 18 database images; random @1 ~10 %)
+
+
+def test_retrieval_configs_are_typed_and_reject_unknown_keys():
+    from localize.core.errors import ConfigError
+    from retrieval.config import CONFS, RetrievalConfig, resolve_conf
+
+    for name, preset in CONFS.items():  # the cache keys of the presets are the preset dicts
+        assert resolve_conf(name).as_dict() == {**preset, "scales": list(preset.get("scales", [1.0, 0.5]))} \
+            if preset["model"] == "dense-rootsift-vlad" else resolve_conf(name).as_dict() == preset
+    conf = resolve_conf({**FAST, "pca_dim": 16}, weights="w.pt")
+    assert isinstance(conf, RetrievalConfig) and conf.scales == (1.0,) and conf.weights == "w.pt"
+    with pytest.raises(ConfigError, match="retrieval.num_cluster"):
+        resolve_conf({"num_cluster": 8})
+    with pytest.raises(ConfigError, match="unknown retrieval configuration"):
+        resolve_conf("no-such-preset")
+    with pytest.raises(ConfigError, match="train.epoch"):
+        from retrieval.train import split_conf
+
+        split_conf({"epoch": 2})
+
+
+def test_load_checkpoint_refuses_foreign_files(tmp_path):
+    import datetime
+
+    import torch
+
+    from localize.core.errors import CheckpointError
+    from retrieval.train import load_checkpoint
+
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a retrieval.train checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"state_dict": {}, "conf": {"day": datetime.date(2020, 1, 1)}}, tmp_path / "evil.pt")  # not allow-listed
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
