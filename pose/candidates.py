@@ -207,7 +207,7 @@ def choose_pose(candidates: Sequence[Candidate], densepv_scores: Sequence[float 
 
 # ----------------------------------------------------------------------------- cache record
 def candidates_to_record(cands: Sequence[Candidate], time_s: float = 0.0) -> dict[str, Any]:
-    """Pose-stage cache record: {"num", "time_s" (s), "cNNN": {"info" JSON, "P" world-to-camera 4x4, "inlier_points2d"}}."""
+    """Pose-stage cache record: {"num", "time_s" (s), "cNNN": {"info" JSON, "P" world-to-camera, "inlier_points2d"}}."""
     rec: dict[str, Any] = {"num": np.int64(len(cands)), "time_s": np.float64(time_s)}
     for i, c in enumerate(cands):
         r = c.result
