@@ -212,7 +212,7 @@ def _run_preset(name: str, conf: PipelineConfig, db: str, qdir: str, qlist: str,
 
     from localize import run
     from datasets.database import load_database
-    from retrieval.extract import extract_global, load_extractor
+    from retrieval.global_descriptors import global_descriptors, load_extractor
     from retrieval.shortlist import db_items
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -227,7 +227,7 @@ def _run_preset(name: str, conf: PipelineConfig, db: str, qdir: str, qlist: str,
     dbi = db_items(list(load_database(db, "rgbd").values()))
     rc = conf.retrieval
     ext = load_extractor(rc.method, dbi, export, device, weights=rc.weights)
-    extract_global(ext, dbi, export, role="db")
+    global_descriptors(ext, dbi, export, role="db")
     del ext
     offline = time.time() - t0
     t0 = time.time()

@@ -58,7 +58,7 @@ def bench_speed() -> None:
     """Descriptors per second (weight-free default; VGG16-NetVLAD with random weights)."""
     from localize.core.records import load_rgb
     from datasets.tum import read_tum
-    from retrieval.extract import load_extractor
+    from retrieval.global_descriptors import load_extractor
     from retrieval.netvlad import NetVLADModel
 
     recs = read_tum(DATA / "tum_fr1_xyz")[:20]

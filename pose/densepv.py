@@ -9,28 +9,35 @@ Rendering resolution: ``scale`` if given (InLoc: 1/8 of 4032x3024), otherwise th
 reduced so that its longer side is at most ``target_size`` px (default 512, about InLoc's 504).
 Outside the rendered region both normalised images are set to 0 (their mean) so that descriptors
 near the border see the same cut in both.
+
+Points rendered for a candidate (``point_source``): its own database image(s), or with
+``whole_scan`` every cutout of the same scan (InLoc layout: the images of one folder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from localize.core.records import DbImage, load_rgb
+from localize.core.config import from_dict
+from localize.core.errors import InputError
 from localize.core.geometry import Camera, Pose
+from localize.core.records import DbImage, load_rgb
 from matching.dense_sift import dense_rootsift
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DensePVConfig:
     """DensePV settings: render size, descriptor grid, hole filling and validity thresholds."""
 
@@ -43,7 +50,14 @@ class DensePVConfig:
     min_coverage: float = 0.5  # fraction of a descriptor's 4x4-cell support that must be rendered
     min_grid_points: int = 16  # fewer valid grid points -> score 0
     point_stride: int = 1  # subsample DB point maps (rows and columns) when building point clouds
-    cache_size: int = 16  # point clouds kept in memory by rerank_candidates
+    cache_size: int = 16  # point clouds kept in memory by order_by_densepv
+    whole_scan: bool = False  # render every cutout of the candidate's scan (InLoc), not only its own image(s)
+    scan_stride: int = 4  # with whole_scan: point subsampling (rows and columns) of each cutout
+
+
+def densepv_config(conf: Mapping[str, Any] | DensePVConfig | None) -> DensePVConfig:
+    """DensePVConfig from a dict (unknown keys raise ConfigError naming them), an instance or None (defaults)."""
+    return from_dict(DensePVConfig, conf, "densepv")
 
 
 def render_size(camera: Camera, conf: DensePVConfig) -> tuple[int, int]:
@@ -116,7 +130,7 @@ def densepv_score(query_rgb: np.ndarray, camera: Camera, pose: Pose, points_worl
     """
     conf = conf or DensePVConfig()
     if scale is not None:
-        conf = DensePVConfig(**{**conf.__dict__, "scale": scale})
+        conf = dataclasses.replace(conf, scale=scale)
     Wr, Hr = render_size(camera, conf)
     cam_r = camera.scaled(Wr, Hr)
     q = np.asarray(query_rgb)
@@ -235,18 +249,18 @@ def db_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None
 
 
 def scan_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None,
-                      stride: int = 4) -> PointSource:
+                      stride: int | None = None) -> PointSource:
     """Callable for the InLoc layout: names -> points of WHOLE scans (all cutouts in the same folder).
 
     A name 'DUC1/024/x.jpg' selects every DB image under 'DUC1/024/', each subsampled by
-    ``stride`` (a full InLoc scan is 36 cutouts of 1600 x 1200 points).
+    ``stride`` (default ``conf.scan_stride``; a full InLoc scan is 36 cutouts of 1600 x 1200 points).
     """
     conf = conf or DensePVConfig()
+    stride = conf.scan_stride if stride is None else stride
     by_scan: dict[str, list[str]] = {}
     for n in db:
         by_scan.setdefault(str(Path(n).parent), []).append(n)
-    per_image = db_point_source(db, DensePVConfig(**{**conf.__dict__, "point_stride": stride,
-                                                      "cache_size": max(conf.cache_size, 64)}))
+    per_image = db_point_source(db, dataclasses.replace(conf, point_stride=stride, cache_size=max(conf.cache_size, 64)))
 
     def get(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         scans = sorted({str(Path(n).parent) for n in names})
@@ -255,18 +269,24 @@ def scan_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = No
     return get
 
 
-def rerank_candidates(query_rgb: np.ndarray, camera: Camera, candidates: list, points: PointSource | Mapping[str, DbImage],
-                      conf: DensePVConfig | None = None, save_dir: str | Path | None = None,
-                      query_name: str = "query") -> list:
+def point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None) -> PointSource:
+    """The points DensePV renders for a candidate, per ``conf``: whole scans (``whole_scan``) or its own image(s)."""
+    conf = conf or DensePVConfig()
+    return scan_point_source(db, conf) if conf.whole_scan else db_point_source(db, conf)
+
+
+def order_by_densepv(query_rgb: np.ndarray, camera: Camera, candidates: list,
+                     points: PointSource | Mapping[str, DbImage], conf: DensePVConfig | None = None,
+                     save_dir: str | Path | None = None, query_name: str = "query") -> list:
     """Score each successful candidate with DensePV (sets ``densepv_score``); return them best first.
 
-    ``points`` is either the DB records (the candidate's own DB image(s) are rendered) or a
-    callable names -> (points, colours) (e.g. a whole InLoc scan). Candidates that failed PnP or
-    whose points cannot be loaded keep ``densepv_score=None`` and go last. Never raises.
+    ``points`` is either the DB records (rendered points chosen by ``point_source(records, conf)``)
+    or a callable names -> (points, colours). Candidates that failed PnP or whose points cannot be
+    loaded or rendered keep ``densepv_score=None`` and go last.
     With ``save_dir``, writes ``save_dir/<query_name>__<rank>_<db>.png`` debug pictures.
     """
     conf = conf or DensePVConfig()
-    source = points if callable(points) else db_point_source(points, conf)
+    source = points if callable(points) else point_source(points, conf)
     for i, c in enumerate(candidates):
         if not c.success:
             continue
@@ -280,7 +300,7 @@ def rerank_candidates(query_rgb: np.ndarray, camera: Camera, candidates: list, p
             else:
                 s = densepv_score(query_rgb, camera, c.result.pose, P, C, conf=conf)
             c.densepv_score = float(s)
-        except Exception as e:  # noqa: BLE001 - a bad DB image must not stop the query
+        except (InputError, OSError, ValueError, cv2.error) as e:  # a bad DB image must not stop the query
             logger.warning("DensePV failed for %s / %s: %s", query_name, c.db_name, e)
             c.densepv_score = None
     return sorted(candidates, key=lambda c: (c.densepv_score is None, -(c.densepv_score or 0.0),

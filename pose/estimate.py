@@ -19,6 +19,10 @@ contain '/'. Pairs whose query is not in the list are ignored (with a warning).
 
 Output: poses file ``name qw qx qy qz tx ty tz top1_db`` (WORLD-TO-CAMERA); queries without a
 pose are absent and reported in the log. Exit status 0 when the run completed.
+
+Library use (hloc stage shape): ``main(conf, db, matches, queries_list, out)`` -> ``EstimateOutputs``;
+``cli(argv)`` parses the command line. The final pose of a query is chosen by
+``pose.candidates.choose_pose``, the rule of the full pipeline (``localize.run``).
 """
 
 from __future__ import annotations
@@ -28,17 +32,23 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
+import h5py
 import numpy as np
 
 from datasets.database import load_database
-from localize.core.records import DbImage, load_rgb
+from localize.core.config import from_dict
+from localize.core.errors import InputError
 from localize.core.formats import PoseEntry, read_query_list, write_poses
 from localize.core.geometry import Camera
-from pose.candidates import Candidate, CandidatesConfig, PairMatches, estimate_candidates
-from pose.densepv import DensePVConfig, db_point_source, rerank_candidates, scan_point_source
+from localize.core.records import DbImage, load_rgb
+from pose.candidates import Candidate, CandidatesConfig, PairMatches, choose_pose, estimate_candidates
+from pose.densepv import DensePVConfig, PointSource, order_by_densepv, point_source
 from pose.pnp import PnPConfig
 
 logger = logging.getLogger("pose.estimate")
@@ -54,14 +64,12 @@ def _split_key(key: str, query_names: list[str]) -> tuple[str, str] | None:
 
 def read_match_file(path: str | Path, query_names: list[str]) -> dict[str, list[PairMatches]]:
     """One HDF5 match file -> {query: [PairMatches, ...]} in file order (see module docstring)."""
-    import h5py
-
     qnames = sorted(query_names, key=len, reverse=True)
     out: dict[str, list[PairMatches]] = defaultdict(list)
     with h5py.File(path, "r") as f:
         groups: list = []
 
-        def visit(name: str, obj) -> None:
+        def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Group) and "keypoints0" in obj:
                 groups.append(obj)
 
@@ -109,23 +117,86 @@ def read_matches(path: str | Path, query_names: list[str]) -> dict[str, list[Pai
     return dict(out)
 
 
-def localize_query(name: str, camera: Camera, pairs: list[PairMatches], db: dict[str, DbImage],
+@dataclass(frozen=True)
+class EstimateConfig:
+    """Pose stage settings: candidate generation (PnP inside) and DensePV (None = candidates ranked by inliers)."""
+
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    densepv: DensePVConfig | None = None
+
+
+@dataclass
+class EstimateOutputs:
+    """Poses (world-to-camera, with top-1 database image), failure reason per query, log.jsonl-style records."""
+
+    poses: dict[str, PoseEntry]
+    failures: dict[str, str]
+    logs: dict[str, dict[str, Any]]
+
+
+def localize_query(name: str, camera: Camera, pairs: list[PairMatches], db: Mapping[str, DbImage],
                    cand_conf: CandidatesConfig, densepv: DensePVConfig | None = None,
                    query_rgb: np.ndarray | None = None, save_renders: Path | None = None,
-                   point_source=None) -> tuple[Candidate | None, list[Candidate], str]:
-    """Candidates (+ DensePV) for one query -> (chosen candidate or None, all candidates, reason)."""
+                   points: PointSource | None = None) -> tuple[Candidate | None, list[Candidate], str]:
+    """Candidates (+ DensePV scores) for one query -> (chosen candidate or None, candidates best first, reason)."""
     cands = estimate_candidates(camera, pairs, db, cand_conf)
-    ok = [c for c in cands if c.success]
-    if not ok:
-        reasons = "; ".join(f"{c.db_name}: {c.result.reason}" for c in cands[:3]) or "no pairs"
-        return None, cands, f"no candidate pose ({reasons})"
-    if densepv is not None and query_rgb is not None:
-        src = point_source if point_source is not None else db_point_source(db, densepv)
-        cands = rerank_candidates(query_rgb, camera, cands, src, densepv, save_dir=save_renders, query_name=name)
-        best = next((c for c in cands if c.success), None)
-    else:
-        best = ok[0]
-    return best, cands, ""
+    use_densepv = densepv is not None and query_rgb is not None
+    if use_densepv and any(c.success for c in cands):
+        src = points if points is not None else point_source(db, densepv)
+        order_by_densepv(query_rgb, camera, cands, src, densepv, save_dir=save_renders, query_name=name)
+    best, reason = choose_pose(cands, None, use_densepv)
+    return best, cands, reason
+
+
+def main(conf: EstimateConfig | Mapping[str, Any] | None, db: str | Path, matches: str | Path,
+         queries_list: str | Path, out: str | Path | None = None, db_format: str = "rgbd",
+         query_dir: str | Path | None = None, save_renders: str | Path | None = None) -> EstimateOutputs:
+    """Localize the listed queries from their matches; writes the poses file ``out`` if given.
+
+    Raises InputError / OSError / ValueError for an unusable database, query list, match file or
+    configuration (DensePV needs ``query_dir``); a query that fails is reported in the outputs.
+    """
+    conf = from_dict(EstimateConfig, conf, "estimate")
+    if conf.densepv is not None and query_dir is None:
+        raise InputError("DensePV needs the query images (query_dir / --query-dir)")
+    cams = read_query_list(queries_list)
+    db_records = load_database(db, db_format)
+    pairs_of = read_matches(matches, list(cams))
+    src = point_source(db_records, conf.densepv) if conf.densepv is not None else None
+    renders = Path(save_renders) if save_renders else None
+    res = EstimateOutputs({}, {}, {})
+    t0 = time.perf_counter()
+    for name in sorted(cams):
+        pairs = pairs_of.get(name, [])
+        if not pairs:
+            res.failures[name] = "no matches"
+            logger.warning("%s: no matches", name)
+            continue
+        rgb = None
+        if conf.densepv is not None:
+            try:
+                rgb = load_rgb(Path(query_dir) / name)
+            except OSError as e:
+                logger.warning("%s: %s; DensePV skipped for it", name, e)
+        try:
+            best, cands, reason = localize_query(name, cams[name], pairs, db_records, conf.candidates, conf.densepv,
+                                                 rgb, renders, src)
+        except (InputError, OSError, ValueError) as e:  # one bad query must not stop the run
+            best, cands, reason = None, [], f"{type(e).__name__}: {e}"
+        res.logs[name] = {"query": name, "candidates": [c.to_log() for c in cands],
+                          "chosen_db": best.top1_db if best is not None else None, "reason": reason}
+        if best is None:
+            res.failures[name] = reason
+            logger.warning("%s: %s", name, reason)
+            continue
+        res.poses[name] = PoseEntry(best.result.pose, best.top1_db)
+        logger.info("%s: %s from %s%s", name, best.result.summary(), best.db_name,
+                    f", DensePV {best.densepv_score:.3f}" if best.densepv_score is not None else "")
+    if out is not None:
+        write_poses(out, res.poses)
+        logger.info("wrote %d poses to %s (%d failed) in %.1f s", len(res.poses), out, len(res.failures),
+                    time.perf_counter() - t0)
+    return res
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,63 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
+def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``EstimateConfig`` dict of parsed command-line arguments."""
+    use_dpv = args.densepv or args.save_renders is not None
+    return {"candidates": {"top_n": args.top_n, "rerank_by": args.rerank_by, "min_match_score": args.min_score,
+                           "pooled": args.pooled,
+                           "pnp": {"backend": args.backend, "max_error": args.max_error,
+                                   "min_inliers": args.min_inliers, "seed": args.seed}},
+            "densepv": {"target_size": args.render_size, "scale": args.render_scale, "whole_scan": args.whole_scan,
+                        "scan_stride": args.scan_stride} if use_dpv else None}
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for unusable arguments or inputs)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        cams = read_query_list(args.queries_list)
-        db_list = list(load_database(args.db, args.db_format).values())
-        matches = read_matches(args.matches, list(cams))
-    except (OSError, ValueError, KeyError) as e:
+        main(conf_from_args(args), args.db, args.matches, args.queries_list, args.out, args.db_format,
+             args.query_dir, args.save_renders)
+    except (InputError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 2
-    db = {r.name: r for r in db_list}
-    use_dpv = args.densepv or args.save_renders is not None
-    if use_dpv and args.query_dir is None:
-        logger.error("--densepv needs --query-dir")
-        return 2
-    cand_conf = CandidatesConfig(
-        top_n=args.top_n, rerank_by=args.rerank_by, min_match_score=args.min_score, pooled=args.pooled,
-        pnp=PnPConfig(backend=args.backend, max_error=args.max_error, min_inliers=args.min_inliers, seed=args.seed))
-    dpv_conf = DensePVConfig(target_size=args.render_size, scale=args.render_scale) if use_dpv else None
-    src = None
-    if use_dpv:
-        src = scan_point_source(db, dpv_conf, args.scan_stride) if args.whole_scan else db_point_source(db, dpv_conf)
-    renders = Path(args.save_renders) if args.save_renders else None
-    poses: dict[str, PoseEntry] = {}
-    failures: dict[str, str] = {}
-    t0 = time.perf_counter()
-    for name in sorted(cams):
-        pairs = matches.get(name, [])
-        if not pairs:
-            failures[name] = "no matches"
-            logger.warning("%s: no matches", name)
-            continue
-        rgb = None
-        if use_dpv:
-            try:
-                rgb = load_rgb(Path(args.query_dir) / name)
-            except IOError as e:
-                logger.warning("%s: %s; DensePV skipped for it", name, e)
-        try:
-            best, cands, reason = localize_query(name, cams[name], pairs, db, cand_conf, dpv_conf, rgb, renders, src)
-        except Exception as e:  # noqa: BLE001 - one bad query must not stop the run
-            best, reason = None, f"{type(e).__name__}: {e}"
-        if best is None:
-            failures[name] = reason
-            logger.warning("%s: %s", name, reason)
-            continue
-        top1 = best.db_name if len(best.db_names) <= 1 else best.db_names[0]
-        poses[name] = PoseEntry(best.result.pose, top1)
-        logger.info("%s: %s from %s%s", name, best.result.summary(), best.db_name,
-                    f", DensePV {best.densepv_score:.3f}" if best.densepv_score is not None else "")
-    write_poses(args.out, poses)
-    logger.info("wrote %d poses to %s (%d failed) in %.1f s", len(poses), args.out, len(failures),
-                time.perf_counter() - t0)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

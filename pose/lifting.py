@@ -8,8 +8,8 @@ covers: depth maps (plain RGB-D folder, TUM) and InLoc cutouts (XYZcut already m
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -6,6 +6,10 @@ Descriptors are float32 rows [N, D], L2-normalised, so inner product = cosine si
 IVF-Flat's memory), ``"ivfpq"`` (IVF with product quantisation, for millions of vectors). GPU is used only when
 requested/auto and ``faiss.get_num_gpus() > 0``. Without faiss (or with ``backend="torch"``)
 an exact chunked torch matmul + top-k is used for every kind.
+
+This module is the one FAISS wrapper: ``make_faiss_index`` (untrained flat / IVF index),
+``pca_transform`` (a fitted ``retrieval.pca.PCA`` as a FAISS pre-transform), ``write_faiss_index`` (atomic)
+and ``read_faiss_index``; ``retrieval.scale`` builds its IVF-PQ indexes with them.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from localize.core.formats import atomic_path, atomic_write
+from retrieval.pca import PCA
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,60 @@ except ImportError:  # pragma: no cover - exercised by forcing faiss = None in t
 def faiss_available() -> bool:
     """True when faiss imported and RETRIEVAL_NO_FAISS is not set."""
     return faiss is not None and os.environ.get("RETRIEVAL_NO_FAISS", "") in ("", "0")
+
+
+def require_faiss() -> Any:
+    """The faiss module; ImportError naming the package when it is not importable."""
+    if faiss is None:
+        raise ImportError("faiss is not importable (pip install faiss-cpu)")
+    return faiss
+
+
+def make_faiss_index(dim: int, kind: str, nlist: int = 1, pq_m: int = 64, pq_bits: int = 8) -> Any:
+    """Untrained inner-product faiss index of ``kind`` (flat / ivf / ivfsq8 / ivfpq) over ``dim``-D rows."""
+    fs = require_faiss()
+    if kind == "flat":
+        return fs.IndexFlatIP(dim)
+    quant = fs.IndexFlatIP(dim)
+    if kind == "ivf":
+        idx = fs.IndexIVFFlat(quant, dim, nlist, fs.METRIC_INNER_PRODUCT)
+    elif kind == "ivfsq8":
+        idx = fs.IndexIVFScalarQuantizer(quant, dim, nlist, fs.ScalarQuantizer.QT_8bit, fs.METRIC_INNER_PRODUCT)
+    elif kind == "ivfpq":
+        if dim % pq_m:
+            raise ValueError(f"ivfpq: dimension {dim} not divisible by pq_m={pq_m}")
+        idx = fs.IndexIVFPQ(quant, dim, nlist, pq_m, pq_bits, fs.METRIC_INNER_PRODUCT)
+    else:
+        raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    idx.own_fields = True
+    quant.this.disown()  # owned by the IVF index now
+    return idx
+
+
+def pca_transform(pca: PCA) -> Any:
+    """A fitted PCA as a trained ``faiss.LinearTransform`` (y = proj (x - mean)), for ``IndexPreTransform``."""
+    fs = require_faiss()
+    a = np.ascontiguousarray(pca.proj, dtype=np.float32)  # [dim, d_in]
+    lt = fs.LinearTransform(a.shape[1], a.shape[0], True)
+    fs.copy_array_to_vector(a.ravel(), lt.A)
+    fs.copy_array_to_vector((-a @ pca.mean).astype(np.float32), lt.b)
+    lt.is_trained = True
+    return lt
+
+
+def write_faiss_index(index: Any, path: str | Path) -> Path:
+    """Write a (CPU) faiss index atomically: a temporary file beside ``path``, renamed when complete."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        require_faiss().write_index(index, str(tmp))
+    return path
+
+
+def read_faiss_index(path: str | Path, mmap: bool = False, read_only: bool = False) -> Any:
+    """Read a faiss index; ``mmap`` maps its inverted lists from the file (``IO_FLAG_MMAP``), optionally read-only."""
+    fs = require_faiss()
+    flags = (fs.IO_FLAG_MMAP | (fs.IO_FLAG_READ_ONLY if read_only else 0)) if mmap else 0
+    return fs.read_index(str(path), flags)
 
 
 def gpu_available() -> bool:
@@ -101,24 +163,10 @@ class GlobalIndex:
         self.ntotal = 0
 
     # ------------------------------------------------------------------ building
-    def _make_faiss(self, n_train: int):
-        if self.kind == "flat":
-            return faiss.IndexFlatIP(self.dim)
-        nlist = self.nlist or default_nlist(n_train)
-        self.nlist = nlist
-        quant = faiss.IndexFlatIP(self.dim)
-        if self.kind == "ivf":
-            idx = faiss.IndexIVFFlat(quant, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        elif self.kind == "ivfsq8":
-            idx = faiss.IndexIVFScalarQuantizer(quant, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                                faiss.METRIC_INNER_PRODUCT)
-        else:
-            if self.dim % self.pq_m:
-                raise ValueError(f"ivfpq: dimension {self.dim} not divisible by pq_m={self.pq_m}")
-            idx = faiss.IndexIVFPQ(quant, self.dim, nlist, self.pq_m, self.pq_bits, faiss.METRIC_INNER_PRODUCT)
-        idx.own_fields = True
-        quant.this.disown()  # owned by the IVF index now
-        return idx
+    def _make_faiss(self, n_train: int) -> Any:
+        if self.kind != "flat":
+            self.nlist = self.nlist or default_nlist(n_train)
+        return make_faiss_index(self.dim, self.kind, self.nlist or 1, self.pq_m, self.pq_bits)
 
     def _to_gpu(self, idx):
         if not self.use_gpu:
@@ -197,17 +245,12 @@ class GlobalIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index (faiss file, or .npy for the torch backend); returns the written path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("." + path.name + ".tmp")
         if self.backend == "torch":
             data = np.concatenate(self._rows) if self._rows else np.zeros((0, self.dim), np.float32)
-            with open(tmp, "wb") as f:
+            with atomic_write(path, "wb") as f:
                 np.save(f, data)
-        else:
-            idx = faiss.index_gpu_to_cpu(self._index) if self.use_gpu else self._index
-            faiss.write_index(idx, str(tmp))
-        os.replace(tmp, path)
-        return path
+            return path
+        return write_faiss_index(faiss.index_gpu_to_cpu(self._index) if self.use_gpu else self._index, path)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False, nprobe: int = 16, use_gpu: bool | str = "auto") -> GlobalIndex:
@@ -222,7 +265,7 @@ class GlobalIndex:
             return out
         if not faiss_available():
             raise ImportError(f"{path} is a faiss index but faiss is not importable")
-        idx = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+        idx = read_faiss_index(path, mmap=mmap)
         kind = "flat"
         if isinstance(idx, faiss.IndexIVF) or "IVF" in type(idx).__name__:
             name = type(idx).__name__
@@ -236,7 +279,7 @@ class GlobalIndex:
         return out
 
 
-def build_index(db: np.ndarray, kind: str = "flat", **kwargs) -> GlobalIndex:
+def build_index(db: np.ndarray, kind: str = "flat", **kwargs: Any) -> GlobalIndex:
     """Index over db rows [N, D] (trains IVF kinds on db itself)."""
     db = np.ascontiguousarray(db, dtype=np.float32)
     idx = GlobalIndex(db.shape[1], kind, **kwargs)

@@ -90,7 +90,7 @@ def read_mat_net(path: str | Path) -> Any:
     try:
         mat = loadmat(str(path), struct_as_record=False, squeeze_me=True)
     except Exception as e:  # scipy raises several types for corrupt/HDF5 (v7.3) files
-        raise IOError(f"cannot read NetVLAD weights {path}: {e}") from e
+        raise OSError(f"cannot read NetVLAD weights {path}: {e}") from e
     if "net" not in mat:
         raise ValueError(f"{path} has no 'net' struct (keys: {sorted(k for k in mat if not k.startswith('__'))})")
     return mat["net"]

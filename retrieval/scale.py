@@ -11,7 +11,7 @@ PCA travels with the index file. Building never holds all descriptors in memory:
 3. ``save_index`` writes atomically; ``load_index(path, mmap=True)`` memory-maps the inverted lists
    (``faiss.IO_FLAG_MMAP``), so a 10 M-image index (32-byte codes: ~0.4 GB) costs no RAM until searched.
 
-``build_from_cache`` does 1-3 for the descriptors of a ``retrieval.extract`` cache and writes the
+``build_from_cache`` does 1-3 for the descriptors of a ``retrieval.global_descriptors`` cache and writes the
 row-id -> image-name table next to the index (``<index>.names.txt``).
 
 Sharding recipe (database larger than one machine, or parallel building): train once, then build
@@ -28,26 +28,37 @@ them to an index) and searched exactly by streaming (``exact_search_chunked``: g
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
+import mmap
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
+import torch
+
+from localize.core.cache import StageCache, _group_name
+from localize.core.config import from_dict
+from localize.core.formats import atomic_write
+from retrieval.index import (
+    exact_search,
+    make_faiss_index,
+    pca_transform,
+    read_faiss_index,
+    require_faiss,
+    write_faiss_index,
+)
+from retrieval.pca import fit_pca
 
 logger = logging.getLogger(__name__)
 
 
-def _faiss():
-    import faiss
-
-    return faiss
-
-
-@dataclass
+@dataclass(frozen=True)
 class ScaleConfig:
     """IVF-PQ index over (optionally PCA-reduced) L2-normalised descriptors, inner-product metric."""
 
@@ -64,40 +75,27 @@ class ScaleConfig:
         return int(max(1, min(nlist, n_train // 39)))
 
 
-def fit_pca(sample: np.ndarray, dim: int, max_rows: int = 20_000, seed: int = 0):
-    """PCA d_in -> dim as a trained ``faiss.LinearTransform`` (y = A (x - mean)), by randomized SVD.
+def scale_config(conf: Mapping[str, Any] | ScaleConfig | None) -> ScaleConfig:
+    """ScaleConfig from a dict (unknown keys raise ConfigError naming them), an instance or None (defaults)."""
+    return from_dict(ScaleConfig, conf, "scale")
+
+
+def fit_pca_transform(sample: np.ndarray, dim: int, max_rows: int = 20_000, seed: int = 0) -> Any:
+    """PCA d_in -> dim (``retrieval.pca.fit_pca``, randomized) as a trained ``faiss.LinearTransform``.
 
     Cheaper than ``faiss.PCAMatrix`` at 4096-D (no full 4096x4096 eigendecomposition, and the file
-    stores only the dim x d_in projection, 4 MB for 4096 -> 256, not the full 64 MB basis).
+    stores only the dim x d_in projection, not the full basis).
     """
-    import torch
-
-    faiss = _faiss()
-    x = np.asarray(sample, dtype=np.float32)
-    if len(x) > max_rows:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))]
-    mean = x.mean(0)
-    torch.manual_seed(seed)
-    _, _, v = torch.svd_lowrank(torch.from_numpy(x - mean), q=min(dim + 32, min(x.shape)), niter=2)
-    a = np.ascontiguousarray(v[:, :dim].T.numpy(), dtype=np.float32)  # [dim, d_in]
-    lt = faiss.LinearTransform(x.shape[1], dim, True)
-    faiss.copy_array_to_vector(a.ravel(), lt.A)
-    faiss.copy_array_to_vector((-a @ mean).astype(np.float32), lt.b)
-    lt.is_trained = True
-    return lt
+    return pca_transform(fit_pca(sample, dim, randomized=True, max_rows=max_rows, seed=seed))
 
 
-def make_index(d_in: int, conf: ScaleConfig, n_total: int, n_train: int, pca=None):
+def make_index(d_in: int, conf: ScaleConfig, n_total: int, n_train: int, pca: Any = None) -> Any:
     """Untrained ``IndexPreTransform([PCA, L2 norm], IVF-PQ)`` (inner product); ``pca``: a fitted transform."""
-    faiss = _faiss()
+    faiss = require_faiss()
     d = conf.pca_dim or d_in
     if d % conf.pq_m:
         raise ValueError(f"dimension {d} not divisible by pq_m={conf.pq_m}")
-    nlist = conf.resolved_nlist(n_total, n_train)
-    quant = faiss.IndexFlatIP(d)
-    ivf = faiss.IndexIVFPQ(quant, d, nlist, conf.pq_m, conf.pq_bits, faiss.METRIC_INNER_PRODUCT)
-    ivf.own_fields = True
-    quant.this.disown()
+    ivf = make_faiss_index(d, "ivfpq", conf.resolved_nlist(n_total, n_train), conf.pq_m, conf.pq_bits)
     transforms = []
     if conf.pca_dim and conf.pca_dim < d_in:
         transforms.append(pca if pca is not None else faiss.PCAMatrix(d_in, conf.pca_dim, 0.0, False))
@@ -111,23 +109,23 @@ def make_index(d_in: int, conf: ScaleConfig, n_total: int, n_train: int, pca=Non
     return index
 
 
-def ivf_of(index):
+def ivf_of(index: Any) -> Any:
     """The IVF index inside a (pre-transformed) index."""
-    return _faiss().extract_index_ivf(index)
+    return require_faiss().extract_index_ivf(index)
 
 
-def set_nprobe(index, nprobe: int) -> None:
+def set_nprobe(index: Any, nprobe: int) -> None:
     """Number of inverted lists visited per query."""
     ivf_of(index).nprobe = int(nprobe)
 
 
-def train_index(sample: np.ndarray, conf: ScaleConfig, n_total: int):
+def train_index(sample: np.ndarray, conf: ScaleConfig, n_total: int) -> Any:
     """Index trained (PCA, coarse quantiser, PQ) on ``sample`` [n, d_in] float32; empty."""
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     t0 = time.time()
-    pca = fit_pca(sample, conf.pca_dim) if conf.pca_dim and conf.pca_dim < sample.shape[1] else None
+    pca = fit_pca_transform(sample, conf.pca_dim) if conf.pca_dim and conf.pca_dim < sample.shape[1] else None
     index = make_index(sample.shape[1], conf, n_total, len(sample), pca)
-    pq = _faiss().downcast_index(ivf_of(index)).pq
+    pq = require_faiss().downcast_index(ivf_of(index)).pq
     pq.cp.niter = 10  # PQ codebooks: 10 k-means iterations on at most 64 rows per centroid are plenty
     pq.cp.max_points_per_centroid = 64
     index.train(sample)
@@ -137,7 +135,7 @@ def train_index(sample: np.ndarray, conf: ScaleConfig, n_total: int):
     return index
 
 
-def add_chunks(index, chunks: Iterable[np.ndarray], start_id: int = 0) -> int:
+def add_chunks(index: Any, chunks: Iterable[np.ndarray], start_id: int = 0) -> int:
     """Add row chunks with consecutive global ids from ``start_id``; returns the next id."""
     next_id = int(start_id)
     for x in chunks:
@@ -147,41 +145,35 @@ def add_chunks(index, chunks: Iterable[np.ndarray], start_id: int = 0) -> int:
     return next_id
 
 
-def empty_copy(index):
+def empty_copy(index: Any) -> Any:
     """A trained, empty copy of ``index`` (same PCA, quantiser and codebooks): the template of a shard."""
-    faiss = _faiss()
+    faiss = require_faiss()
     out = faiss.deserialize_index(faiss.serialize_index(index))  # clone_index cannot copy the L2 normalisation
     out.reset()
     return out
 
 
-def save_index(index, path: str | Path) -> Path:
-    """Write the index atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    _faiss().write_index(index, str(tmp))
-    os.replace(tmp, path)
-    return path
+def save_index(index: Any, path: str | Path) -> Path:
+    """Write the index atomically (``retrieval.index.write_faiss_index``)."""
+    return write_faiss_index(index, path)
 
 
-def load_index(path: str | Path, mmap: bool = True, nprobe: int | None = None):
-    """Read an index; ``mmap`` maps its inverted lists from the file (``faiss.IO_FLAG_MMAP``) instead of reading them."""
-    faiss = _faiss()
-    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+def load_index(path: str | Path, mmap: bool = True, nprobe: int | None = None) -> Any:
+    """Read an index; ``mmap`` maps its inverted lists from the file (read-only) instead of reading them."""
+    index = read_faiss_index(path, mmap=mmap, read_only=True)
     if nprobe is not None:
         set_nprobe(index, nprobe)
     return index
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores [Q, k] float32, ids [Q, k] int64), best first; missing hits: id -1, score -inf."""
     s, i = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
     return np.where(i < 0, -np.inf, s).astype(np.float32), i.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- shards
-def build_shards(trained, chunks: Iterable[np.ndarray], rows_per_shard: int, out_dir: str | Path,
+def build_shards(trained: Any, chunks: Iterable[np.ndarray], rows_per_shard: int, out_dir: str | Path,
                  prefix: str = "shard") -> list[Path]:
     """Split the row stream into shards of ``rows_per_shard`` rows (global ids kept), one index file each."""
     out_dir = Path(out_dir)
@@ -250,10 +242,6 @@ def write_rows(path: str | Path, chunks: Iterable[np.ndarray], dtype: np.dtype |
 
 def iter_row_chunks(db: np.ndarray, chunk: int = 50_000) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, rows [m, D] float32) of db [N, D] in chunks; a whole np.memmap is read with np.fromfile, never mapped in."""
-    import mmap
-
-    import torch
-
     n, d = db.shape
     from_file = isinstance(db, np.memmap) and isinstance(db.base, mmap.mmap) and db.flags.c_contiguous
     for s in range(0, n, chunk):
@@ -269,10 +257,6 @@ def iter_row_chunks(db: np.ndarray, chunk: int = 50_000) -> Iterator[tuple[int, 
 def exact_search_chunked(db: np.ndarray, queries: np.ndarray, k: int, chunk: int = 50_000
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k over db [N, D] (e.g. a float16 np.memmap) streamed as float32 chunks: (scores, ids)."""
-    import torch
-
-    from retrieval.index import exact_search
-
     q = np.ascontiguousarray(queries, dtype=np.float32)
     best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
     for s, x in iter_row_chunks(db, chunk):
@@ -282,17 +266,13 @@ def exact_search_chunked(db: np.ndarray, queries: np.ndarray, k: int, chunk: int
 
 
 # ----------------------------------------------------------------------------- from the descriptor cache
-def iter_cached_descriptors(cache, role: str = "db", chunk_size: int = 65536
+def iter_cached_descriptors(cache: StageCache | str | Path, role: str = "db", chunk_size: int = 65536
                             ) -> Iterator[tuple[list[str], np.ndarray]]:
     """(image names, descriptors [n, D] float32) chunks of a ``global-descriptors`` stage cache, sorted by name.
 
-    ``cache`` is a ``localize.core.cache.StageCache`` (e.g. ``retrieval.extract.descriptor_cache``) or the
-    path of its merged ``.h5`` file. Reads one chunk at a time.
+    ``cache`` is a ``localize.core.cache.StageCache`` (e.g. ``retrieval.global_descriptors.descriptor_cache``)
+    or the path of its merged ``.h5`` file. Reads one chunk at a time.
     """
-    import h5py
-
-    from localize.core.cache import StageCache, _group_name
-
     names = cached_names(cache, role)
     if isinstance(cache, StageCache):
         for s in range(0, len(names), chunk_size):
@@ -305,13 +285,14 @@ def iter_cached_descriptors(cache, role: str = "db", chunk_size: int = 65536
             yield ns, np.stack([f[_group_name(f"{role}/{n}")]["descriptor"][()] for n in ns]).astype(np.float32)
 
 
-def build_from_cache(cache, out_path: str | Path, conf: ScaleConfig | None = None, role: str = "db",
+def build_from_cache(cache: StageCache | str | Path, out_path: str | Path,
+                     conf: ScaleConfig | Mapping[str, Any] | None = None, role: str = "db",
                      chunk_size: int = 65536, seed: int = 0) -> tuple[Path, Path]:
     """IVF-PQ index of the cached descriptors, trained on a random sample, added chunk by chunk.
 
     Writes ``out_path`` and ``out_path.names.txt`` (row id -> image name); returns both paths.
     """
-    conf = conf or ScaleConfig()
+    conf = scale_config(conf)
     out_path = Path(out_path)
     # pass 1: names only (cheap) -> sample rows for training
     names = cached_names(cache, role)
@@ -332,20 +313,13 @@ def build_from_cache(cache, out_path: str | Path, conf: ScaleConfig | None = Non
     logger.info("added %d descriptors in %.1f s", index.ntotal, time.time() - t0)
     save_index(index, out_path)
     names_path = out_path.with_name(out_path.name + ".names.txt")
-    tmp = names_path.with_name("." + names_path.name + ".tmp")
-    tmp.write_text("".join(n + "\n" for n in names))
-    os.replace(tmp, names_path)
+    with atomic_write(names_path) as f:
+        f.write("".join(n + "\n" for n in names))
     return out_path, names_path
 
 
-def cached_names(cache, role: str = "db") -> list[str]:
+def cached_names(cache: StageCache | str | Path, role: str = "db") -> list[str]:
     """Sorted image names of the cached ``role`` descriptors (row order of ``iter_cached_descriptors``)."""
-    import json
-
-    import h5py
-
-    from localize.core.cache import StageCache
-
     prefix = f"{role}/"
     if isinstance(cache, StageCache):
         keys = cache.keys()

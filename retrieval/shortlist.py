@@ -15,21 +15,23 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
 from datasets.database import load_database
 from datasets.queries import image_files
-from localize.core.errors import InputError
-from localize.core.records import DbImage
+from localize.core.errors import DatabaseError, InputError
 from localize.core.formats import read_query_list, write_pairs
-from retrieval.extract import CONFS, extract_global, load_extractor, resolve_conf
+from localize.core.records import DbImage
+from retrieval.config import CONFS, RetrievalConfig, resolve_conf
+from retrieval.global_descriptors import descriptor_cache, global_descriptors, load_extractor
 from retrieval.index import build_index
 
 logger = logging.getLogger(__name__)
-
 
 
 def list_query_images(queries: str | Path | Sequence[tuple[str, Path]],
@@ -71,11 +73,11 @@ def search_pairs(db_desc: np.ndarray, db_names: Sequence[str], q_desc: np.ndarra
     idx = build_index(db_desc, index, nprobe=nprobe) if index == "flat" or len(db_desc) >= 39 else \
         build_index(db_desc, "flat")
     scores, ids = idx.search(q_desc, top_k)
-    return {q: [(db_names[j], float(s)) for s, j in zip(scores[r], ids[r]) if j >= 0]
+    return {q: [(db_names[j], float(s)) for s, j in zip(scores[r], ids[r], strict=True) if j >= 0]
             for r, q in enumerate(q_names)}
 
 
-def main(conf: str | Mapping[str, Any], db: str | Path | Sequence[DbImage] | Sequence[tuple[str, Path]],
+def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Sequence[DbImage] | Sequence[tuple[str, Path]],
          queries: str | Path | Sequence[tuple[str, Path]], export_dir: str | Path | None, top_k: int = 40,
          out: str | Path | None = None, db_format: str = "auto", weights: str | Path | None = None,
          device: str = "cpu", index: str = "flat", nprobe: int = 16, query_dir: str | Path | None = None,
@@ -89,23 +91,21 @@ def main(conf: str | Mapping[str, Any], db: str | Path | Sequence[DbImage] | Seq
     records = list(load_database(db, db_format).values()) if isinstance(db, (str, Path)) else list(db)
     dbi = db_items(records)
     if not dbi:
-        raise ValueError(f"database {db} has no images")
+        raise DatabaseError(f"database {db} has no images")
     qi = list_query_images(queries, query_dir)
     t0 = time.time()
     ext = load_extractor(conf, dbi, export_dir, device)
-    db_desc = extract_global(ext, dbi, export_dir, role="db")
+    db_desc = global_descriptors(ext, dbi, export_dir, role="db")
     good, q_desc = [], []
     for item in qi:
         try:
-            q_desc.append(extract_global(ext, [item], export_dir, role="query", finalize=False)[0])
+            q_desc.append(global_descriptors(ext, [item], export_dir, role="query", finalize=False)[0])
             good.append(item[0])
-        except (IOError, ValueError) as e:
+        except (OSError, ValueError) as e:  # unreadable image / image too small for dense descriptors
             if not skip_unreadable:
                 raise
             logger.warning("query %s skipped: %s", item[0], e)
     if export_dir is not None:
-        from retrieval.extract import descriptor_cache
-
         descriptor_cache(ext, export_dir).finalize()
     pairs = search_pairs(db_desc, [n for n, _ in dbi], np.stack(q_desc) if q_desc else
                          np.zeros((0, ext.dim), np.float32), good, top_k, index, nprobe)
@@ -145,12 +145,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
-        import torch
-
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             logger.error("--device cuda but torch sees no GPU")
             return 2

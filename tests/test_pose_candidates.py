@@ -13,10 +13,17 @@ from localize.core.records import DbImage
 from datasets.rgbd_folder import write_image, write_rgbd_folder
 from localize.core.formats import read_poses, write_query_list
 from localize.core.geometry import depth_to_world, look_at, pose_error
-from pose.candidates import POOLED_NAME, CandidatesConfig, PairMatches, estimate_candidates
+import json
+
+from localize.core.errors import ConfigError
+from localize.core.geometry import Pose
+from pose.candidates import (POOLED_NAME, Candidate, CandidatesConfig, PairMatches, candidates_config,
+                             candidates_from_record, candidates_to_record, choose_pose, estimate_candidates)
+from pose.estimate import EstimateConfig
+from pose.estimate import cli as estimate_cli
 from pose.estimate import main as estimate_main
 from pose.estimate import read_matches
-from pose.pnp import PnPConfig
+from pose.pnp import PnPConfig, PoseResult
 from test_pose_scene import default_camera, make_textures, query_and_db_poses, render_room
 
 CAM = default_camera()
@@ -88,7 +95,7 @@ def test_candidates_rerank_and_pooled(scene) -> None:
     # an unknown DB image alone: a failed candidate, not an exception
     (c,) = estimate_candidates(CAM, [bad], db)
     assert not c.success and "unknown DB image" in c.result.reason
-    assert c.to_dict()["success"] is False
+    assert c.to_log()["success"] is False
 
 
 def test_cli_end_to_end(scene, tmp_path: Path) -> None:
@@ -113,7 +120,7 @@ def test_cli_end_to_end(scene, tmp_path: Path) -> None:
     assert [p.db_name for p in got["q/query.png"]] == ["a/db0.png", "db1.png"]
     out = tmp_path / "poses.txt"
     renders = tmp_path / "renders"
-    rc = estimate_main(["--db", str(db_root), "--db-format", "rgbd", "--matches", str(tmp_path / "matches.h5"),
+    rc = estimate_cli(["--db", str(db_root), "--db-format", "rgbd", "--matches", str(tmp_path / "matches.h5"),
                         "--queries-list", str(tmp_path / "queries.txt"), "--query-dir", str(qdir),
                         "--out", str(out), "--max-error", "4", "--render-size", "160", "--save-renders", str(renders)])
     assert rc == 0
@@ -126,5 +133,86 @@ def test_cli_end_to_end(scene, tmp_path: Path) -> None:
     pngs = sorted(p.name for p in renders.glob("*.png"))
     assert len(pngs) == 3 and all(p.startswith(("q-query.png__", "q2.png__")) for p in pngs)
     # unusable arguments -> non-zero
-    assert estimate_main(["--db", str(tmp_path / "nope"), "--matches", str(tmp_path / "matches.h5"),
+    assert estimate_cli(["--db", str(tmp_path / "nope"), "--matches", str(tmp_path / "matches.h5"),
                           "--queries-list", str(tmp_path / "queries.txt"), "--out", str(out)]) != 0
+
+    # library use: the same poses, and per-query log records
+    res = estimate_main({"candidates": {"pnp": {"max_error": 4.0}}, "densepv": {"target_size": 160}}, db_root,
+                        tmp_path / "matches.h5", tmp_path / "queries.txt", db_format="rgbd", query_dir=qdir)
+    assert sorted(res.poses) == ["q/query.png", "q2.png"] and res.failures == {"q3.png": "no matches"}
+    for name, e in res.poses.items():
+        assert np.allclose(e.pose.matrix, poses[name].pose.matrix, atol=1e-8) and e.top1 == poses[name].top1
+        assert res.logs[name]["chosen_db"] == e.top1
+        assert any(c["densepv"] is not None for c in res.logs[name]["candidates"])
+
+
+def _cand(name: str, inliers: int, success: bool = True, db_names: list[str] | None = None,
+          score: float | None = None) -> Candidate:
+    res = PoseResult(success, "" if success else f"{name} failed", Pose.identity() if success else None,
+                     num_points=100, num_inliers=inliers if success else 0)
+    return Candidate(name, res, 120, 100, [name] if db_names is None else db_names, densepv_score=score)
+
+
+def test_choose_pose_is_the_pipeline_rule() -> None:
+    a, b, c = _cand("a", 50), _cand("b", 80), _cand("c", 20)
+    failed = _cand("f", 0, success=False)
+    # no DensePV: most inliers; the first one on ties
+    assert choose_pose([a, b, c, failed])[0] is b
+    assert choose_pose([a, _cand("a2", 50)], None)[0] is a
+    # DensePV scores (NaN = not scored) decide, then inliers; they are stored in the candidates
+    best, why = choose_pose([a, b, c, failed], np.array([0.5, np.nan, 0.9, np.nan]))
+    assert best is c and why == "" and b.densepv_score is None and a.densepv_score == 0.5
+    best, _ = choose_pose([a, b, c], [0.7, 0.7, None])
+    assert best is b  # equal scores: more inliers
+    # DensePV off, or no successful candidate scored: most inliers
+    assert choose_pose([a, b, c], [0.1, 0.2, 0.9], use_densepv=False)[0] is b
+    assert choose_pose([a, b, failed], [np.nan, None, 3.0])[0] is b
+    # nothing usable: None and the sorted, unique failure reasons
+    best, why = choose_pose([_cand("y", 0, False), _cand("x", 0, False), _cand("x", 0, False)])
+    assert best is None and why == "no candidate pose (x failed; y failed)"
+    assert choose_pose([]) == (None, "no candidate pose (no candidates)")
+    # top-1 database image: a pooled candidate reports its first kept image
+    pooled = _cand(POOLED_NAME, 200, db_names=["d1", "d2"])
+    assert choose_pose([a, pooled])[0].top1_db == "d1"
+    assert _cand(POOLED_NAME, 200, db_names=["d1"]).top1_db == "d1"
+    assert _cand(POOLED_NAME, 200, db_names=[]).top1_db == POOLED_NAME and a.top1_db == "a"
+
+
+def test_candidate_record_layout_and_round_trip() -> None:
+    a = _cand("a", 3)
+    a.points2d = np.arange(10.0).reshape(5, 2)
+    a.result.inlier_mask = np.array([True, False, True, True, False])
+    pooled = _cand(POOLED_NAME, 7, db_names=["a", "b"])
+    failed = _cand("f", 0, success=False)
+    rec = candidates_to_record([a, pooled, failed], time_s=1.25)
+    assert sorted(rec) == ["c000", "c001", "c002", "num", "time_s"]
+    assert rec["num"] == 3 and rec["num"].dtype == np.int64 and rec["time_s"].dtype == np.float64
+    # the layout the pipeline's pose cache holds (localize.workers.PoseWorker), key order included
+    assert rec["c000"]["info"] == json.dumps({"db": "a", "db_names": ["a"], "matches": 120, "lifted": 100,
+                                              "inliers": 3, "success": True, "reason": ""})
+    assert np.array_equal(rec["c000"]["P"], np.eye(4)) and np.array_equal(rec["c000"]["inlier_points2d"],
+                                                                       [[0, 1], [4, 5], [6, 7]])
+    assert np.isnan(rec["c002"]["P"]).all() and rec["c002"]["inlier_points2d"].shape == (0, 2)
+    assert rec["c001"]["inlier_points2d"].shape == (0, 2)  # no pixels kept
+    back = candidates_from_record(rec)
+    assert [c.db_name for c in back] == ["a", POOLED_NAME, "f"] and back[1].db_names == ["a", "b"]
+    assert [c.num_inliers for c in back] == [3, 7, 0] and [c.success for c in back] == [True, True, False]
+    assert back[2].result.reason == "f failed" and back[2].result.pose is None
+    assert np.array_equal(back[0].points2d, rec["c000"]["inlier_points2d"])
+    assert [c.to_log() for c in back] == [c.to_log() for c in (a, pooled, failed)]
+    assert a.to_log() == {"db": "a", "matches": 120, "lifted": 100, "inliers": 3, "success": True, "reason": "",
+                          "densepv": None}
+
+
+def test_configs_from_dicts_reject_unknown_keys() -> None:
+    c = candidates_config({"top_n": 3, "pnp": {"max_error": 4.0, "backend": "opencv"}})
+    assert c.top_n == 3 and c.pnp.max_error == 4.0 and c.pnp.backend == "opencv"
+    with pytest.raises(ConfigError, match="pose.pnp.max_eror"):
+        candidates_config({"pnp": {"max_eror": 4.0}})
+    with pytest.raises(ConfigError, match="pose.topn"):
+        candidates_config({"topn": 3})
+    with pytest.raises(ConfigError, match="rerank_by"):
+        candidates_config({"rerank_by": "score"})
+    assert EstimateConfig().densepv is None  # DensePV off unless configured
+    with pytest.raises(ConfigError, match="estimate.densepv.whole_scn"):
+        estimate_main({"densepv": {"whole_scn": True}}, "db", "m.h5", "q.txt", query_dir=".")

@@ -9,9 +9,11 @@ import pytest
 
 from localize.core.records import DbImage
 from localize.core.geometry import Camera, Pose, depth_to_world
+import datasets.synthetic
 from pose.candidates import Candidate
-from pose.densepv import (DensePVConfig, densepv_score, render_points, render_size, rerank_candidates,
-                          save_render_debug)
+from localize.core.errors import ConfigError
+from pose.densepv import (DensePVConfig, densepv_config, densepv_score, order_by_densepv, point_source,
+                          render_points, render_size, save_render_debug, scan_point_source)
 from pose.pnp import PoseResult
 from test_pose_scene import default_camera, make_textures, perturb, query_and_db_poses, render_room
 
@@ -71,7 +73,7 @@ def test_true_pose_scores_clearly_higher(room, tmp_path: Path) -> None:
     assert densepv_score(q_rgb, CAM, q_pose, np.zeros((0, 3)), np.zeros((0, 3), np.uint8)) == 0.0
 
 
-def test_rerank_candidates_picks_true_pose(room, tmp_path: Path) -> None:
+def test_order_by_densepv_picks_true_pose(room, tmp_path: Path) -> None:
     q_rgb, q_pose, P, C = room
     poses = {"far": perturb(q_pose, dpos=[0.5, 0, 0]), "true": q_pose, "rot": perturb(q_pose, rot_deg=10)}
     cands = [Candidate(n, PoseResult(True, pose=p, num_points=100, num_inliers=100 - i), db_names=[n])
@@ -84,7 +86,7 @@ def test_rerank_candidates_picks_true_pose(room, tmp_path: Path) -> None:
             raise IOError("depth map missing")
         return P, C
 
-    ranked = rerank_candidates(q_rgb, CAM, cands, source, DensePVConfig(target_size=256), save_dir=tmp_path / "r", query_name="q/1.png")
+    ranked = order_by_densepv(q_rgb, CAM, cands, source, DensePVConfig(target_size=256), save_dir=tmp_path / "r", query_name="q/1.png")
     assert ranked[0].db_name == "true" and ranked[0].densepv_score > 2 * ranked[1].densepv_score
     assert {c.db_name for c in ranked[-2:]} == {"failed", "broken"}
     assert all(c.densepv_score is None for c in ranked[-2:])
@@ -97,14 +99,14 @@ def test_rerank_candidates_picks_true_pose(room, tmp_path: Path) -> None:
     write_image(rgb_path, C.reshape(CAM.height, CAM.width, 3))
     xyz = P.reshape(CAM.height, CAM.width, 3)
     rec = DbImage("true", rgb_path, CAM, db_pose, lambda: xyz)
-    ranked2 = rerank_candidates(q_rgb, CAM, [Candidate("true", PoseResult(True, pose=q_pose), db_names=["true"])],
+    ranked2 = order_by_densepv(q_rgb, CAM, [Candidate("true", PoseResult(True, pose=q_pose), db_names=["true"])],
                                 {"true": rec}, DensePVConfig(target_size=256))
     assert ranked2[0].densepv_score == pytest.approx(ranked[0].densepv_score, rel=1e-6)
 
 
 def test_synthetic_building_true_pose_wins(tmp_path: Path) -> None:
     """On the project's synthetic building (query with another illumination), true >> perturbed."""
-    S = pytest.importorskip("datasets.synthetic")
+    S = datasets.synthetic
     scene = S.build_scene(0, "tiny")
     cam = S.cutout_camera(320, 240)
     scan = scene.scans[1]
@@ -123,8 +125,6 @@ def test_synthetic_building_true_pose_wins(tmp_path: Path) -> None:
 
 
 def test_scan_point_source_groups_cutouts(tmp_path: Path) -> None:
-    from pose.densepv import scan_point_source
-
     rgb = np.full((4, 6, 3), 7, np.uint8)
     from datasets.rgbd_folder import write_image
 
@@ -139,3 +139,42 @@ def test_scan_point_source_groups_cutouts(tmp_path: Path) -> None:
     assert len(P) == 48 and set(P[:, 2]) == {1.0, 2.0} and (C == 7).all()
     P, _ = scan_point_source(db, stride=2)(["F/002/c.jpg"])
     assert len(P) == 6 and set(P[:, 2]) == {3.0}
+
+    # the configuration chooses the source: whole_scan=True is the scan source with scan_stride
+    P, _ = point_source(db, DensePVConfig(whole_scan=True, scan_stride=1))(["F/001/b.jpg"])
+    assert len(P) == 48 and set(P[:, 2]) == {1.0, 2.0}
+    P, _ = point_source(db, DensePVConfig())(["F/001/b.jpg"])
+    assert len(P) == 24 and set(P[:, 2]) == {2.0}
+
+
+def test_whole_scan_renders_the_other_cutouts_of_the_scan(room, tmp_path: Path) -> None:
+    """A candidate whose own cutout has almost no points is scored from its whole scan only with whole_scan=True."""
+    q_rgb, q_pose, P, C = room
+    from datasets.rgbd_folder import write_image
+
+    write_image(tmp_path / "db.png", C.reshape(CAM.height, CAM.width, 3))
+    xyz = P.reshape(CAM.height, CAM.width, 3)
+    sparse = np.full_like(xyz, np.nan)
+    sparse[:2] = xyz[:2]  # the candidate's own cutout: two rows of points
+    db_pose = query_and_db_poses()[1]
+    db = {"S/001/own.png": DbImage("S/001/own.png", tmp_path / "db.png", CAM, db_pose, lambda: sparse),
+          "S/001/other.png": DbImage("S/001/other.png", tmp_path / "db.png", CAM, db_pose, lambda: xyz),
+          "S/002/far.png": DbImage("S/002/far.png", tmp_path / "db.png", CAM, db_pose, lambda: xyz + 100.0)}
+
+    def score(conf: DensePVConfig) -> float | None:
+        cand = Candidate("S/001/own.png", PoseResult(True, pose=q_pose, num_inliers=50), db_names=["S/001/own.png"])
+        (out,) = order_by_densepv(q_rgb, CAM, [cand], db, conf)
+        return out.densepv_score
+
+    s_full = densepv_score(q_rgb, CAM, q_pose, P, C, conf=DensePVConfig(target_size=256))
+    s_scan = score(DensePVConfig(target_size=256, whole_scan=True, scan_stride=1))
+    s_own = score(DensePVConfig(target_size=256))
+    assert s_full > 0 and s_scan == pytest.approx(s_full, rel=1e-6)
+    assert s_own < 0.5 * s_scan  # the flag is not ignored: own points alone render almost nothing
+
+
+def test_densepv_config_from_dict() -> None:
+    conf = densepv_config({"target_size": 160, "whole_scan": True})
+    assert conf.whole_scan and conf.target_size == 160 and conf.scan_stride == 4
+    with pytest.raises(ConfigError, match="densepv.wholescan"):
+        densepv_config({"wholescan": True})

@@ -9,6 +9,8 @@ import pytest
 
 from localize.core.records import DbImage
 from localize.core.geometry import Camera, Pose, depth_to_world, look_at
+import datasets.inloc
+import datasets.tum
 from pose.lifting import lift_matches, lift_points
 
 CAM = Camera.pinhole(160, 120, 150.0, cx=81.0, cy=59.5)
@@ -98,7 +100,7 @@ def test_holes_and_outside_are_dropped_with_indices() -> None:
 
 
 def test_inloc_layout_uses_p_after(tmp_path: Path) -> None:
-    inloc = pytest.importorskip("datasets.inloc")
+    inloc = datasets.inloc
     from scipy.spatial.transform import Rotation
 
     rng = np.random.default_rng(0)
@@ -121,7 +123,7 @@ def test_inloc_layout_uses_p_after(tmp_path: Path) -> None:
 
 
 def test_tum_lifting_matches_depth(tum_root: Path) -> None:
-    tum = pytest.importorskip("datasets.tum")
+    tum = datasets.tum
     rec = tum.read_tum(tum_root)[0]
     import cv2
 

@@ -89,3 +89,65 @@ def test_ivfsq8_matches_numpy_exact_when_all_lists_probed(tmp_path):
     again = GlobalIndex.load(sq.save(tmp_path / "sq.faiss"), nprobe=16)
     assert again.kind == "ivfsq8"
     np.testing.assert_array_equal(again.search(q, 10)[1], i)
+
+
+def test_fit_pca_exact_whitening_and_randomized_projection():
+    from retrieval.pca import fit_pca
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((400, 48)) * np.linspace(3.0, 0.1, 48)).astype(np.float32)
+    pca = fit_pca(x, 8, whiten_eps=0.0)
+    assert pca.proj.shape == (8, 48) and pca.mean.dtype == np.float32 and pca.dim == 8
+    y = (x - pca.mean) @ pca.proj.T
+    assert np.allclose(y.var(0, ddof=1), 1.0, atol=1e-3)  # whitened: unit variance per component
+    plain = fit_pca(x, 8)
+    assert np.allclose(np.linalg.norm(plain.proj, axis=1), 1.0, atol=1e-5)  # no whitening: orthonormal rows
+    assert fit_pca(x[:3], 8).dim == 2  # at most N - 1 components
+    with pytest.raises(ValueError):
+        fit_pca(x[:1], 8)
+    rnd = fit_pca(x, 8, randomized=True, max_rows=300, seed=0)
+    assert rnd.proj.shape == (8, 48)
+    # the same 8-D subspace as the exact PCA where 8 directions dominate
+    x8 = (rng.standard_normal((400, 48)) * np.r_[np.linspace(10.0, 5.0, 8), np.full(40, 0.1)]).astype(np.float32)
+    sv = np.linalg.svd(fit_pca(x8, 8, randomized=True, max_rows=300).proj @ fit_pca(x8, 8).proj.T, compute_uv=False)
+    assert np.allclose(sv, 1.0, atol=1e-3)
+
+
+@pytest.mark.skipif(index_mod.faiss is None, reason="faiss not installed")
+def test_pca_transform_applies_the_fitted_pca():
+    from retrieval.pca import fit_pca
+
+    x, _ = _data(500, 32)
+    pca = fit_pca(x, 8, randomized=True, seed=0)
+    lt = index_mod.pca_transform(pca)
+    assert np.allclose(lt.apply(x[:20]), (x[:20] - pca.mean) @ pca.proj.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, backend):
+    import os
+
+    if backend == "faiss" and index_mod.faiss is None:
+        pytest.skip("faiss not installed")
+    db, q = _data(200, 16)
+    idx = build_index(db, "flat", backend=backend)
+    out = idx.save(tmp_path / "sub" / "index.bin")
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["index.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
+    back = GlobalIndex.load(out)
+    assert np.array_equal(back.search(q, 5)[1], idx.search(q, 5)[1])
+
+
+def test_atomic_write_rejects_partial_modes(tmp_path):
+    from localize.core.formats import atomic_path, atomic_write
+
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(tmp_path / "x", "a"):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "y") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert list(tmp_path.iterdir()) == []

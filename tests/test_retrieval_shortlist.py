@@ -36,11 +36,12 @@ def _tum_split():
 
 @pytest.mark.skipif(not TUM.exists(), reason="shared TUM data not available")
 def test_tum_shortlist_recall_and_cache(tmp_path, monkeypatch):
-    from retrieval import extract
+    from retrieval import global_descriptors
+    from retrieval.config import CONFS
     from retrieval.shortlist import main
 
     db, queries = _tum_split()
-    conf = {**extract.CONFS["dense-rootsift-vlad"], **FAST}
+    conf = {**CONFS["dense-rootsift-vlad"], **FAST}
     qitems = [(q.name, q.image_path) for q in queries]
     pairs = main(conf, db, qitems, tmp_path / "cache", top_k=5, out=tmp_path / "pairs.txt")
     byname = {r.name: r for r in db + queries}
@@ -58,8 +59,8 @@ def test_tum_shortlist_recall_and_cache(tmp_path, monkeypatch):
         scores = [s for _, s in lst]
         assert len(lst) == 5 and scores == sorted(scores, reverse=True)
     # a rerun reuses the vocabulary and every descriptor: nothing is computed
-    monkeypatch.setattr(extract.GlobalExtractor, "describe", lambda *a: pytest.fail("recomputed a descriptor"))
-    monkeypatch.setattr(extract, "_fit_dense_vocabulary", lambda *a: pytest.fail("refitted the vocabulary"))
+    monkeypatch.setattr(global_descriptors.GlobalExtractor, "describe", lambda *a: pytest.fail("recomputed a descriptor"))
+    monkeypatch.setattr(global_descriptors, "_fit_dense_vocabulary", lambda *a: pytest.fail("refitted the vocabulary"))
     again = main(conf, db, qitems, tmp_path / "cache", top_k=5)
     assert {q: [d for d, _ in v] for q, v in again.items()} == {q: [d for d, _ in v] for q, v in pairs.items()}
 
@@ -109,7 +110,7 @@ def test_cli_on_rgbd_folder_and_query_list(tmp_path):
 
 
 def test_train_small_rgbd_and_use_checkpoint(tmp_path):
-    from retrieval.extract import load_extractor
+    from retrieval.global_descriptors import load_extractor
     from retrieval.shortlist import main
     from retrieval.train import load_checkpoint, train
 
@@ -132,10 +133,8 @@ def test_train_small_rgbd_and_use_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_tiny(tmp_path_factory):
-    try:
-        from datasets.synthetic import generate
-    except ImportError:
-        pytest.skip("datasets.synthetic not available")
+    from datasets.synthetic import generate
+
     out = tmp_path_factory.mktemp("syn") / "tiny"
     generate(out, seed=0, size="tiny", layouts=("rgbd",))
     return out
@@ -148,7 +147,7 @@ def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):
 
     db = read_rgbd_folder(synthetic_tiny / "db")
     qs = read_rgbd_folder(synthetic_tiny / "queries")
-    from retrieval.extract import CONFS
+    from retrieval.config import CONFS
 
     conf = {**CONFS["dense-rootsift-vlad"], **FAST, "resize_max": 256, "num_clusters": 32}
     pairs = main(conf, synthetic_tiny / "db", synthetic_tiny / "queries" / "queries_with_intrinsics.txt",
@@ -157,3 +156,40 @@ def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):
     ok = {q.name: {d.name for d in db if view_covisibility(q, d) >= 0.3} for q in qs}
     r5 = np.mean([any(d in ok[q] for d, _ in lst) for q, lst in pairs.items()])
     assert r5 >= 0.6, r5  # default conf measured 0.875 (8 queries, 18 database images; random @1 ~10 %)
+
+
+def test_retrieval_configs_are_typed_and_reject_unknown_keys():
+    from localize.core.errors import ConfigError
+    from retrieval.config import CONFS, RetrievalConfig, resolve_conf
+
+    for name, preset in CONFS.items():  # the cache keys of the presets are the preset dicts
+        assert resolve_conf(name).as_dict() == {**preset, "scales": list(preset.get("scales", [1.0, 0.5]))} \
+            if preset["model"] == "dense-rootsift-vlad" else resolve_conf(name).as_dict() == preset
+    conf = resolve_conf({**FAST, "pca_dim": 16}, weights="w.pt")
+    assert isinstance(conf, RetrievalConfig) and conf.scales == (1.0,) and conf.weights == "w.pt"
+    with pytest.raises(ConfigError, match="retrieval.num_cluster"):
+        resolve_conf({"num_cluster": 8})
+    with pytest.raises(ConfigError, match="unknown retrieval configuration"):
+        resolve_conf("no-such-preset")
+    with pytest.raises(ConfigError, match="train.epoch"):
+        from retrieval.train import split_conf
+
+        split_conf({"epoch": 2})
+
+
+def test_load_checkpoint_refuses_foreign_files(tmp_path):
+    import datetime
+
+    import torch
+
+    from localize.core.errors import CheckpointError
+    from retrieval.train import load_checkpoint
+
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a retrieval.train checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"state_dict": {}, "conf": {"day": datetime.date(2020, 1, 1)}}, tmp_path / "evil.pt")  # not allow-listed
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -10,7 +10,7 @@ Lines starting with ``#`` and blank lines are ignored everywhere.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +19,45 @@ from typing import Iterable, Iterator, Mapping
 from localize.core.geometry import Camera, Pose
 
 
+def _create_temp_next_to(path: Path) -> Path:
+    """Create an empty, new temporary file beside ``path``, permissions from the umask like ``open(path, "w")``."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator:
-    """Open a temporary file next to ``path``; rename it over ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Temporary path beside ``path`` for name-based writers (faiss, torch): renamed over it only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _create_temp_next_to(path)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator:
+    """Temporary file beside ``path`` opened with ``mode`` ("w" / "wb"): renamed over it only if the block succeeds."""
+    if mode not in ("w", "wb", "wt"):
+        raise ValueError(f"atomic_write writes a whole new file: mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
 
 
 def _lines(path: str | Path) -> Iterator[list[str]]:

@@ -1,4 +1,4 @@
-"""Shortlist spatial verification (retrieval.rerank): mutual NN, cell centres, re-ranking, CLI."""
+"""Shortlist spatial verification (pose.verify_shortlist): mutual NN, cell centres, re-sorting, CLI (retrieval.rerank)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.rerank import RerankConfig, ShortlistVerifier, cell_centers, mutual_nn, rerank
+from localize.core.errors import ConfigError
+from pose.verify_shortlist import VerifyConfig, ShortlistVerifier, cell_centers, mutual_nn, verify_config, verify_shortlist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +34,16 @@ def test_cell_centers_cover_the_image_in_colmap_convention():
     assert np.allclose(xy[0], [10, 10]) and np.allclose(xy[3], [70, 10]) and np.allclose(xy[4], [10, 30])
 
 
-def test_rerank_sorts_by_inliers_and_keeps_retrieval_order_on_ties():
+def test_verify_shortlist_sorts_by_inliers_and_keeps_retrieval_order_on_ties():
     short = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
-    out = rerank(short, {"a": 5, "b": 40, "c": 5, "d": 0})
+    out = verify_shortlist(short, {"a": 5, "b": 40, "c": 5, "d": 0})
     assert out == [("b", 40), ("a", 5), ("c", 5), ("d", 0)]
+
+
+def test_verify_config_from_dict_rejects_unknown_keys():
+    assert verify_config({"image_size": 240, "max_error_cells": 1.5}) == VerifyConfig(image_size=240)
+    with pytest.raises(ConfigError, match="verify.imagesize"):
+        verify_config({"imagesize": 240})
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +73,13 @@ def test_verifier_ranks_the_overlapping_view_first(tiny):
     meta = json.loads((tiny / "queries" / "queries_meta.json").read_text())
     # the queries with most overlap with their best database view
     queries = sorted(meta, key=lambda q: -meta[q]["best_covisibility"])[:3]
-    ver = ShortlistVerifier(RerankConfig(image_size=256), db)
+    ver = ShortlistVerifier(VerifyConfig(image_size=256), db)
     firsts, margins = 0, []
     for q in queries:
         best = meta[q]["best_db"]
         short = [(n, 1.0) for n in _far_views(tiny, q, 4)] + [(best, 0.5)]
         inl = ver.inliers(load_rgb(tiny / "queries" / "images" / q), cams[q], [n for n, _ in short])
-        firsts += rerank(short, inl)[0][0] == best
+        firsts += verify_shortlist(short, inl)[0][0] == best
         margins.append(inl[best] - max(v for n, v in inl.items() if n != best))
     # at 256 px (32 x 24 cells) non-overlapping views still reach ~15-25 chance inliers; the overlapping
     # view is moved from last to first for most of the queries

@@ -1,0 +1,199 @@
+"""Spatial verification of a retrieval shortlist: re-sort database images by PnP inliers.
+
+For each (query, shortlisted database image): dense weight-free features of both images on a
+regular grid, hard mutual nearest neighbours between the two grids, the database cells lifted to
+world points with the database depth, and one PnP-RANSAC; the shortlist is re-sorted by the
+number of inliers (ties keep the retrieval order). This is InLoc's "re-rank the top 100 with
+dense matches" done cheaply (~0.1 s per pair at 320 px on a CPU core), before the expensive NCNet.
+
+Library use: ``main(conf, shortlists, database, queries)``; CLI (also ``python -m retrieval.rerank``)::
+
+    python -m pose.verify_shortlist --pairs shortlist.txt --db DB [--db-format rgbd|tum|inloc]
+        --query-dir DIR [--queries-list queries_with_intrinsics.txt] [--top-k 40] --out reranked.txt
+
+writes ``query_name db_name inliers`` lines, best first per query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets.database import DB_FORMATS, load_database
+from datasets.queries import list_query_images
+from localize.core.config import from_dict
+from localize.core.errors import InputError
+from localize.core.formats import read_pairs, write_pairs
+from localize.core.geometry import Camera
+from localize.core.records import DbImage, load_rgb
+from matching.extract import cell_to_pixels
+from matching.features import build_features
+from matching.match import image_to_tensor, resized_shape
+from pose.pnp import PnPConfig, estimate_pose
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Verification settings: feature grid (``image_size`` = longer side in px), inlier threshold in cells."""
+
+    features: str = "dense-rootsift"
+    image_size: int = 320
+    step: int = 8
+    max_error_cells: float = 1.5  # PnP inlier threshold, in feature cells (scaled to query pixels)
+    max_num_trials: int = 2000
+    confidence: float = 0.999
+    backend: str = "pycolmap"
+    seed: int = 0
+    db_cache_size: int = 512  # database feature maps kept in memory
+
+
+def verify_config(conf: Mapping[str, Any] | VerifyConfig | None) -> VerifyConfig:
+    """VerifyConfig from a dict (unknown keys raise ConfigError naming them), an instance or None (defaults)."""
+    return from_dict(VerifyConfig, conf, "verify")
+
+
+def mutual_nn(feat_a: torch.Tensor, feat_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard mutual nearest neighbours of L2-normalised features [C, Na], [C, Nb] -> flat indices (ia, ib)."""
+    sim = feat_a.T @ feat_b
+    a2b = sim.argmax(dim=1)
+    b2a = sim.argmax(dim=0)
+    ia = torch.nonzero(b2a[a2b] == torch.arange(len(a2b), device=a2b.device))[:, 0]
+    return ia, a2b[ia]
+
+
+def cell_centers(idx: np.ndarray, grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """Flat cell indices on an h x w grid -> pixel centres N x 2 (x, y) of the original H x W image (COLMAP)."""
+    flat = torch.as_tensor(np.asarray(idx, dtype=np.int64)).reshape(-1)
+    w = grid_hw[1]
+    return cell_to_pixels(torch.stack([flat // w, flat % w], dim=1), grid_hw, image_hw).numpy()
+
+
+class ShortlistVerifier:
+    """Counts PnP inliers of mutual-NN grid matches between a query and database images."""
+
+    def __init__(self, conf: VerifyConfig | Mapping[str, Any], database: Mapping[str, DbImage],
+                 device: str = "cpu") -> None:
+        conf = verify_config(conf)
+        self.conf, self.database, self.device = conf, database, device
+        self.extractor = build_features(conf.features, step=conf.step).to(device).eval()
+        self._db_feats: OrderedDict[str, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+
+    @torch.no_grad()
+    def features(self, img: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """H x W x 3 uint8 RGB -> (features [C, h*w], grid (h, w), image (H, W))."""
+        stride = int(getattr(self.extractor, "stride", self.conf.step))
+        shape = resized_shape(img.shape[0], img.shape[1], self.conf.image_size, stride)
+        f = self.extractor(image_to_tensor(img, shape, self.device))[0].float()
+        return f.reshape(f.shape[0], -1), (int(f.shape[1]), int(f.shape[2])), (img.shape[0], img.shape[1])
+
+    def _db_features(self, name: str) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        if name in self._db_feats:
+            self._db_feats.move_to_end(name)
+            return self._db_feats[name]
+        out = self.features(load_rgb(self.database[name].image_path))
+        self._db_feats[name] = out
+        while len(self._db_feats) > self.conf.db_cache_size:
+            self._db_feats.popitem(last=False)
+        return out
+
+    def inliers(self, query_img: np.ndarray, camera: Camera, db_names: Sequence[str]) -> dict[str, int]:
+        """{db name: PnP inliers} for the query (camera at the query image's resolution); 0 where PnP fails.
+
+        A database image that is unknown or cannot be read or lifted counts 0 inliers (with a warning).
+        """
+        fq, gq, hq = self.features(query_img)
+        px_per_cell = self.conf.step * max(hq) / float(self.conf.image_size)
+        pnp = PnPConfig(backend=self.conf.backend, max_error=self.conf.max_error_cells * px_per_cell,
+                        max_num_trials=self.conf.max_num_trials, confidence=self.conf.confidence, seed=self.conf.seed)
+        cam = camera.scaled(hq[1], hq[0]) if (camera.width, camera.height) != (hq[1], hq[0]) else camera
+        out: dict[str, int] = {}
+        for name in db_names:
+            if name not in self.database:
+                logger.warning("verification: %s is not in the database", name)
+                out[name] = 0
+                continue
+            try:
+                fd, gd, hd = self._db_features(name)
+                ia, ib = mutual_nn(fq, fd)
+                p3, ok = self.database[name].lift(cell_centers(ib.cpu().numpy(), gd, hd))
+                p2 = cell_centers(ia.cpu().numpy(), gq, hq)
+                res = estimate_pose(p2[ok], p3[ok], cam, pnp)
+                out[name] = int(res.num_inliers) if res.success else 0
+            except (InputError, OSError, ValueError) as e:  # one bad database image must not stop the query
+                logger.warning("verification: %s: %s", name, e)
+                out[name] = 0
+        return out
+
+
+def verify_shortlist(shortlist: Sequence[tuple[str, float]], inliers: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Shortlist [(db, retrieval score)] best first -> [(db, inliers)] by decreasing inliers (stable)."""
+    order = sorted(range(len(shortlist)), key=lambda i: -inliers.get(shortlist[i][0], 0))
+    return [(shortlist[i][0], int(inliers.get(shortlist[i][0], 0))) for i in order]
+
+
+def main(conf: VerifyConfig | Mapping[str, Any] | None, shortlists: Mapping[str, Sequence[tuple[str, float]]],
+         database: Mapping[str, DbImage], queries: Sequence[tuple[str, Path, Camera]], top_k: int | None = None,
+         device: str = "cpu") -> dict[str, list[tuple[str, int]]]:
+    """Verify the first ``top_k`` shortlisted images of each (name, path, camera) query: {query: [(db, inliers)]}."""
+    verifier = ShortlistVerifier(conf, database, device)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for name, path, camera in tqdm(queries, desc="verification", unit="query"):
+        if name not in shortlists:
+            continue
+        try:
+            img = load_rgb(path)
+        except (OSError, ValueError) as e:
+            logger.warning("query %s: %s", name, e)
+            continue
+        lst = list(shortlists[name])[:top_k]
+        out[name] = verify_shortlist(lst, verifier.inliers(img, camera, [n for n, _ in lst]))
+    return out
+
+
+def cli(argv: Sequence[str] | None = None, prog: str = "python -m pose.verify_shortlist") -> int:
+    """Command-line entry point (also ``python -m retrieval.rerank``); returns the exit status."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", required=True, help="shortlist file: 'query db [score]' lines, best first")
+    p.add_argument("--db", required=True)
+    p.add_argument("--db-format", default="rgbd", choices=DB_FORMATS)
+    p.add_argument("--query-dir", required=True)
+    p.add_argument("--queries-list", default=None, help="'name MODEL W H params...' lines (query intrinsics)")
+    p.add_argument("--top-k", type=int, default=40, help="shortlisted images verified per query")
+    p.add_argument("--image-size", type=int, default=VerifyConfig.image_size)
+    p.add_argument("--max-error-cells", type=float, default=VerifyConfig.max_error_cells)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    conf = VerifyConfig(image_size=a.image_size, max_error_cells=a.max_error_cells)
+    print("configuration:", asdict(conf))
+    try:
+        database = load_database(a.db, a.db_format)
+        pairs = read_pairs(a.pairs)
+        queries = [(q.name, q.path, q.camera) for q in list_query_images(a.query_dir, a.queries_list, a.db_format)
+                   if not q.error and q.camera is not None]
+    except (InputError, OSError, ValueError) as e:
+        logger.error("%s", e)
+        return 2
+    t0 = time.time()
+    res = main(conf, pairs, database, queries, a.top_k, a.device)
+    write_pairs(a.out, {q: [(n, float(s)) for n, s in lst] for q, lst in res.items()})
+    print(f"re-ranked {len(res)} queries in {time.time() - t0:.1f} s -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
