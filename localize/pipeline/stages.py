@@ -23,7 +23,7 @@ from localize.core.formats import PoseEntry
 from localize.core.records import Query, load_rgb
 from localize.pipeline.context import RunContext
 from localize.pipeline.workers import DensePVWorker, MatchWorker, PoseWorker
-from pose.candidates import Candidate, candidates_from_record, choose_pose
+from pose.candidates import candidates_from_record, choose_pose
 from pose.verify_shortlist import ShortlistVerifier, verify_shortlist
 from retrieval import shortlist as shortlist_stage
 
@@ -193,36 +193,28 @@ def densepv(ctx: RunContext, pcache: StageCache, save_renders: Path | None = Non
     return cache
 
 
-def _candidates_with_scores(ctx: RunContext, q: Query, pcache: StageCache,
-                            dcache: StageCache | None) -> tuple[list[Candidate], bool]:
-    """A query's candidates with their DensePV scores attached; whether DensePV scored them."""
-    e = pcache.get(q.name)
-    cands = candidates_from_record(e)
-    ctx.logs[q.name].times["pose"] = float(e["time_s"])
-    scored = dcache is not None and dcache.has(q.name)
-    if scored:
-        d = dcache.get(q.name)
-        ctx.logs[q.name].times["densepv"] = float(d["time_s"])
-        for c, s in zip(cands, d["scores"]):
-            c.densepv_score = float(s) if np.isfinite(s) else None
-    return cands, scored
-
-
 def choose(ctx: RunContext, pcache: StageCache, dcache: StageCache | None) -> dict[str, PoseEntry]:
     """6. Each query's pose and top-1 database image (``pose.candidates.choose_pose``)."""
     out = {}
     for q in ctx.queries:
         if not pcache.has(q.name):
             continue
-        cands, scored = _candidates_with_scores(ctx, q, pcache, dcache)
         log = ctx.logs[q.name]
+        e = pcache.get(q.name)
+        cands = candidates_from_record(e)
+        log.times["pose"] = float(e["time_s"])
+        scores = None
+        if dcache is not None and dcache.has(q.name):
+            d = dcache.get(q.name)
+            scores = d["scores"]
+            log.times["densepv"] = float(d["time_s"])
+        best, reason = choose_pose(cands, scores, use_densepv=dcache is not None)
         log.candidates = [c.to_log() for c in cands]
-        chosen = choose_pose(cands, use_densepv=scored)
-        if chosen.candidate is None:
-            log.fail("pose", chosen.reason)
+        if best is None:
+            log.fail("pose", reason)
             continue
-        log.pose, log.chosen_db = chosen.candidate.result.pose, chosen.top1_db
-        out[q.name] = PoseEntry(log.pose, chosen.top1_db)
+        log.pose, log.chosen_db = best.result.pose, best.top1_db
+        out[q.name] = PoseEntry(best.result.pose, best.top1_db)
     return out
 
 

@@ -54,7 +54,7 @@ class PoseWorker:
         camera, pairs = task
         t0 = time.time()
         cands = estimate_candidates(camera, [PairMatches(*p) for p in pairs], self.database, self.conf)
-        return {**candidates_to_record(cands), "time_s": np.float64(time.time() - t0)}
+        return candidates_to_record(cands, time.time() - t0)
 
 
 class DensePVWorker:
