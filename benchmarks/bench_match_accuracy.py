@@ -4,7 +4,7 @@ and (d) the same trained weights through Sparse-NCNet.
 Fraction of the top-N matches (by score) within 2 / 4 / 8 px of the ground truth, on held-out synthetic
 pairs (a building never used for training; GT from rendered depth + poses) and on real TUM fr1/xyz pairs
 1, 2 and 4 frames apart (GT from depth + poses). Each pair weighs equally. (d) runs
-``matching.sparse_match.match_images_sparse`` (top-k correlation both ways, k = ``--sparse-top-k``,
+``matching.sparse.match.match_images_sparse`` (top-k correlation both ways, k = ``--sparse-top-k``,
 submanifold consensus, no relocalization) with the same image size, the same top-N and, like (c), no
 refinement; a second table gives (d) - (c) in percentage points per dataset.
 
@@ -27,15 +27,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from localize.core.records import load_rgb
 from matching.evaluate import (
     THRESHOLDS,
     depth_ground_truth,
     evaluate_tum,
     match_accuracy,
 )
-from matching.match import load_image, match_images
+from matching.match import match_images
 from matching.model import PACKAGED_WEIGHTS, build_ncnet
-from matching.sparse_match import DEFAULT_COMBINE, DEFAULT_TOP_K, match_images_sparse
+from matching.sparse.match import DEFAULT_COMBINE, DEFAULT_TOP_K, match_images_sparse
 
 DENSE, SPARSE = "(c) trained consensus", "(d) sparse trained"
 
@@ -66,7 +67,7 @@ def evaluate_synthetic(root: Path, methods: dict, max_pairs: int = 20,
     acc: dict[str, list[dict]] = {m: [] for m in methods}
     for src, tgt in pairs:
         ra, rb = recs[Path(src).name], recs[Path(tgt).name]
-        img_a, img_b = load_image(ra.image_path), load_image(rb.image_path)
+        img_a, img_b = load_rgb(ra.image_path), load_rgb(rb.image_path)
         da = read_depth_png(depth_path(train, ra.name), scale)
         db = read_depth_png(depth_path(train, rb.name), scale)
         gt = depth_ground_truth(da, db, ra.camera, ra.pose, rb.camera, rb.pose)

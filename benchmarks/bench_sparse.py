@@ -49,10 +49,10 @@ def tum_images() -> tuple[np.ndarray, np.ndarray]:
         root = Path("/work/shared/data/tum_fr1_xyz")
     try:
         from datasets.tum import read_tum_frames
-        from matching.match import load_image
+        from localize.core.records import load_rgb
 
         frames = read_tum_frames(root)
-        return load_image(root / frames[10].rgb_file), load_image(root / frames[12].rgb_file)
+        return load_rgb(root / frames[10].rgb_file), load_rgb(root / frames[12].rgb_file)
     except Exception:  # noqa: BLE001 - data missing: procedural texture, shifted copy
         import cv2
 
@@ -70,7 +70,7 @@ def make_model(device: str, step: int = 8):
 
 
 def features_at(grid_hw: tuple[int, int], device: str, step: int = 8):
-    from matching.match import image_to_tensor
+    from matching.preprocess import image_to_tensor
 
     fe, nc = make_model(device, step)
     img_a, img_b = tum_images()
@@ -105,9 +105,9 @@ def peak_read(device: str, base: float) -> float:
 
 @torch.no_grad()
 def case_sparse(grid, device: str) -> dict:
-    from matching.sparse_correlation import sparse_topk_correlation
-    from matching.sparse_extract import extract_sparse_matches
-    from matching.sparse_match import sparse_filter
+    from matching.sparse.correlation import sparse_topk_correlation
+    from matching.sparse.extract import extract_sparse_matches
+    from matching.sparse.match import sparse_filter
 
     fa, fb, nc = features_at(grid, device)
     base = peak_reset(device)
@@ -164,8 +164,8 @@ def case_inloc(device: str, step: int = 16) -> dict:
     """A 3200x2400 pair through the sparse path with H+S relocalization (dense-rootsift, step 16)."""
     import cv2
 
-    from matching.match import image_to_tensor
-    from matching.sparse_match import sparse_match_features
+    from matching.preprocess import image_to_tensor
+    from matching.sparse.match import sparse_match_features
 
     img_a, img_b = tum_images()
     big_a = cv2.resize(img_a, (3200, 2400), interpolation=cv2.INTER_CUBIC)
@@ -189,8 +189,8 @@ def case_inloc(device: str, step: int = 16) -> dict:
 @torch.no_grad()
 def agreement(device: str, grid=(50, 38)) -> dict:
     """Sparse filter on CUDA vs CPU (same sites) and sparse vs masked-dense are tested in tests/."""
-    from matching.sparse_correlation import sparse_topk_correlation
-    from matching.sparse_match import sparse_filter
+    from matching.sparse.correlation import sparse_topk_correlation
+    from matching.sparse.match import sparse_filter
 
     fa, fb, nc = features_at(grid, "cpu")
     corr = sparse_topk_correlation(fa, fb, TOP_K)
@@ -240,7 +240,7 @@ def accuracy_methods(image_size: int, variants: tuple[str, ...]) -> dict:
     from matching.features import DenseRootSIFTFeatures
     from matching.match import match_images
     from matching.model import NCNet
-    from matching.sparse_match import match_images_sparse
+    from matching.sparse.match import match_images_sparse
 
     fe = DenseRootSIFTFeatures(step=8)
     torch.manual_seed(0)
@@ -265,7 +265,7 @@ def synthetic_pairs(n_pairs: int):
     """(img_a, img_b, gt) for query -> best database image pairs of the tiny synthetic dataset (seed 0)."""
     from datasets import synthetic as S
     from datasets.rgbd_folder import read_rgbd_folder
-    from matching.match import load_image
+    from localize.core.records import load_rgb
 
     root = Path("/tmp/ncdata/tiny_s0")
     if not S.is_complete(root, 0, "tiny"):
@@ -275,7 +275,7 @@ def synthetic_pairs(n_pairs: int):
     meta = json.loads((root / "queries" / "queries_meta.json").read_text())
     for qn, m in list(meta.items())[:n_pairs]:
         q, d = qs[qn], db[m["best_db"]]
-        img_a, img_b = load_image(q.image_path), load_image(d.image_path)
+        img_a, img_b = load_rgb(q.image_path), load_rgb(d.image_path)
         uv_a, uv_b = S.gt_correspondences(q, d, step=1)
         H, W = img_a.shape[:2]
         table = np.full((H, W, 2), np.nan)

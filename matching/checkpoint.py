@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from localize.core.errors import CheckpointError
+from localize.core.torchfile import load_torch_file
+
 log = logging.getLogger(__name__)
 
 FE_PREFIX = "FeatureExtraction.model."
@@ -54,11 +57,14 @@ def safe_globals_for_checkpoints() -> list[Any]:
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load(weights_only=True) allowing only ``safe_globals_for_checkpoints()``; bare state dicts wrapped."""
-    with torch.serialization.safe_globals(safe_globals_for_checkpoints()):
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """``load_torch_file`` allowing only ``safe_globals_for_checkpoints()``; bare state dicts wrapped.
+
+    Raises CheckpointError (one line naming the file) when the file is missing, unreadable, asks for a
+    class outside the allow-list, or does not hold a dict.
+    """
+    ckpt = load_torch_file(path, safe_globals_for_checkpoints(), map_location)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not an NCNet checkpoint (got {type(ckpt).__name__})")
+        raise CheckpointError(f"{path}: not an NCNet checkpoint (got {type(ckpt).__name__})")
     if "state_dict" not in ckpt:
         ckpt = {"state_dict": ckpt}
     return ckpt
@@ -103,7 +109,7 @@ def feature_name(ckpt: dict[str, Any]) -> str:
     return "resnet101" if has_fe else "dense-rootsift"
 
 
-def official_state_dict(model: torch.nn.Module) -> "OrderedDict[str, Tensor]":
+def official_state_dict(model: torch.nn.Module) -> OrderedDict[str, Tensor]:
     """State dict of an ``NCNet`` in the official layout (backbone only for learned backbones)."""
     out: OrderedDict[str, Tensor] = OrderedDict()
     fe = getattr(model.features, "model", None)

@@ -73,7 +73,7 @@ class NeighConsensus(nn.Module):
         self.symmetric, self.method, self.half, self.max_chunk_bytes = symmetric, method, half, max_chunk_bytes
         layers: list[nn.Module] = []
         cin = 1
-        for k, c in zip(kernel_sizes, channels):
+        for k, c in zip(kernel_sizes, channels, strict=True):
             layers += [Conv4d(cin, c, k, method=method), nn.ReLU(inplace=False)]
             cin = c
         self.conv = nn.Sequential(*layers)  # official layout: conv.{0,2,4} are the Conv4d layers
@@ -113,7 +113,7 @@ class NeighConsensus(nn.Module):
         esize = torch.finfo(dtype).bits // 8
         cells = b * wa * hb * wb
         per_row = max(row_bytes(w.shape[1] * g, w.shape[0], w.shape[2], cells, esize, m)
-                      for (w, _, g), m in zip(layers, methods))
+                      for (w, _, g), m in zip(layers, methods, strict=True))
         rows = max(1, min(ha, budget // max(per_row, 1) - 2 * halo))
         xl = corr.transpose(1, 2)  # [b, hA, 1, wA, hB, wB]
         outs = []
@@ -121,7 +121,7 @@ class NeighConsensus(nn.Module):
             r1 = min(ha, r0 + rows)
             start, stop = r0 - halo, r1 + halo
             h = take_rows(xl, start, stop).to(dtype)
-            for (w, bias, groups), p, method in zip(layers, halos, methods):
+            for (w, bias, groups), p, method in zip(layers, halos, methods, strict=True):
                 h = torch.relu(conv4d_rows_valid(h, w, bias, groups, method))
                 start, stop = start + p, stop - p
                 if start < 0 or stop > ha:  # rows outside the tensor are zero padding for the next layer
@@ -171,7 +171,7 @@ def neigh_consensus_flops(ha: int, wa: int, hb: int, wb: int, kernel_sizes: list
                           symmetric: bool = True) -> float:
     """FLOPs (multiply-add = 2) of the consensus network on an hA x wA x hB x wB tensor."""
     total, cin = 0.0, 1
-    for k, c in zip(kernel_sizes, channels):
+    for k, c in zip(kernel_sizes, channels, strict=True):
         total += 2.0 * ha * wa * hb * wb * cin * c * k ** 4
         cin = c
     return total * (2 if symmetric else 1)

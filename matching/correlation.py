@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
+
+from matching.relocalize import maxpool4d
 
 
 def feature_l2norm(features: Tensor, eps: float = 1e-6) -> Tensor:
@@ -29,8 +30,6 @@ def correlation_4d_maxpool(feat_a: Tensor, feat_b: Tensor, k: int = 2,
     ``matching.relocalize.unravel_offsets``). Processes rows of A in chunks so that each full-resolution
     correlation slab uses at most about ``max_chunk_bytes``.
     """
-    from matching.relocalize import maxpool4d
-
     b, c, ha, wa = feat_a.shape
     _, _, hb, wb = feat_b.shape
     if ha % k or wa % k or hb % k or wb % k:

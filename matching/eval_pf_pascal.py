@@ -17,18 +17,23 @@ images as in the MATLAB annotations; negative = missing), image paths relative t
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from localize.core.errors import InputError
+from localize.core.records import load_rgb
+from matching.model import build_ncnet
 from matching.pairs import ImagePair, find_pair_csv, read_pair_csv, resolve_image
+from matching.preprocess import rgb_to_tensor
 
 log = logging.getLogger(__name__)
 PCK_SIZE = 224
@@ -86,11 +91,8 @@ def pair_pck(kp_a_true: np.ndarray, kp_a_pred: np.ndarray, size_a_hw: tuple[floa
 
 def load_square(path: Path, side: int) -> tuple[Tensor, tuple[int, int]]:
     """Image -> ([1, 3, side, side] float 0..1, original (H, W)); resized without keeping the aspect."""
-    from matching.train import load_image_tensor
-    from localize.core.records import load_rgb
-
     img = load_rgb(path)
-    return load_image_tensor(path, (side, side))[None], img.shape[:2]
+    return rgb_to_tensor(img, (side, side))[None], img.shape[:2]
 
 
 def model_corr_fn(model) -> CorrFn:
@@ -143,8 +145,8 @@ def evaluate_pf_pascal(corr_fn: CorrFn | torch.nn.Module, data: str | Path, csv_
             "n_pairs": len(scores), "alpha": alpha, "image_size": image_size}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m matching.eval_pf_pascal``: exit status 0, or 2 on bad input."""
     ap = argparse.ArgumentParser(prog="python -m matching.eval_pf_pascal", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="PF-Pascal folder (test_pairs.csv + images relative to it)")
@@ -161,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write per-pair PCK to this CSV")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    from matching.model import build_ncnet
-
     try:
         model = build_ncnet(weights=args.weights, features=args.features, backbone_weights=args.backbone_weights,
                             consensus=not args.no_consensus, device=args.device)
@@ -171,14 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = evaluate_pf_pascal(model, args.data, args.csv, args.image_size, args.alpha, args.max_pairs,
                                  args.image_root)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+    except (InputError, ValueError, FileNotFoundError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"PCK@{args.alpha:g}: {100 * res['mean_pck']:.1f} over {res['n_pairs']} pairs "
           f"({time.perf_counter() - t0:.1f} s; NCNet published 78.9 with its PF-Pascal weights)")
     if args.out:
-        import csv
-
         with open(args.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["source", "target", "class", "pck", "keypoints"])
             w.writeheader()
@@ -187,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

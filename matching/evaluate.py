@@ -11,15 +11,20 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from datasets.correspondences import visible_projection
+from datasets.rgbd_folder import read_depth_png
+from datasets.tum import TUM_DEPTH_SCALE, TUM_FR1_CALIBRATED, read_tum_frames
 from localize.core.geometry import Camera, Pose, depth_to_world
-from localize.core.records import lift_pixels
+from localize.core.records import lift_pixels, load_rgb
+from matching.match import match_images
+from matching.model import build_ncnet
 
 log = logging.getLogger(__name__)
 GroundTruth = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -81,10 +86,6 @@ def evaluate_tum(root: str | Path, methods: dict[str, Callable[[np.ndarray, np.n
     Returns {method: {gap: {within_2px, within_4px, within_8px, median_error, matches, seconds}}}, the
     fractions averaged over pairs (each pair weighted equally).
     """
-    from datasets.rgbd_folder import read_depth_png
-    from datasets.tum import TUM_DEPTH_SCALE, TUM_FR1_CALIBRATED, read_tum_frames
-    from matching.match import load_image
-
     root = Path(root)
     camera = camera or TUM_FR1_CALIBRATED
     frames = read_tum_frames(root)
@@ -93,7 +94,7 @@ def evaluate_tum(root: str | Path, methods: dict[str, Callable[[np.ndarray, np.n
         acc: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         for ia, ib in tqdm(tum_pairs(len(frames), gap, n_pairs), desc=f"TUM gap {gap}", leave=False):
             fa, fb = frames[ia], frames[ib]
-            img_a, img_b = load_image(root / fa.rgb_file), load_image(root / fb.rgb_file)
+            img_a, img_b = load_rgb(root / fa.rgb_file), load_rgb(root / fb.rgb_file)
             da = read_depth_png(root / fa.depth_file, TUM_DEPTH_SCALE)
             db = read_depth_png(root / fb.depth_file, TUM_DEPTH_SCALE)
             gt = depth_ground_truth(da, db, camera, fa.pose, camera, fb.pose)
@@ -124,8 +125,8 @@ def format_table(results: dict[str, dict[int, dict[str, float]]], thresholds: tu
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: TUM evaluation of mutual-NN-only, consensus network, consensus + refinement."""
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m matching.evaluate``: TUM evaluation of mutual-NN-only, consensus network, consensus + refinement."""
     ap = argparse.ArgumentParser(prog="python -m matching.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tum_fr1_xyz"))
     ap.add_argument("--gaps", type=int, nargs="+", default=[1, 2, 4])
@@ -136,11 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    import torch
-
-    from matching.match import match_images
-    from matching.model import build_ncnet
-
     torch.set_num_threads(min(2, torch.get_num_threads()))
     mutual_only = build_ncnet(weights=args.weights, consensus=False, device=args.device)
     full = build_ncnet(weights=args.weights, device=args.device)
@@ -156,4 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from localize.core.torchfile import load_torch_file
 from matching.correlation import feature_l2norm
+from matching.dense_sift import dense_rootsift
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,15 @@ class ResNet101Features(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "ResNet101Features":
+    def train(self, mode: bool = True) -> ResNet101Features:
         """BatchNorm always stays in eval mode (frozen statistics), as in NCNet."""
         super().train(mode)
         self.model.apply(lambda m: m.eval() if isinstance(m, nn.BatchNorm2d) else None)
         return self
 
     def load_torchvision(self, path: str | Path) -> None:
-        """Load a torchvision resnet101 state dict (.pth; layer4/fc ignored)."""
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        """Load a torchvision resnet101 state dict (.pth; layer4/fc ignored); CheckpointError if unreadable."""
+        sd = load_torch_file(path, map_location="cpu")
         if isinstance(sd, dict) and "state_dict" in sd:
             sd = sd["state_dict"]
         mapped = {}
@@ -94,8 +96,6 @@ class DenseRootSIFTFeatures(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """[B, 3, H, W] RGB 0..1 -> [B, 128, H // step, W // step] L2-normalised RootSIFT."""
-        from matching.dense_sift import dense_rootsift
-
         w = torch.tensor([0.299, 0.587, 0.114], device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
         gray = (image * w).sum(dim=1, keepdim=True) if image.shape[1] == 3 else image
         return dense_rootsift(gray.float(), bin_size=self.bin_size, step=self.stride, sigma=self.sigma,

@@ -1,66 +1,116 @@
-"""Match two images with NCNet: ``python -m matching.match IMAGE_A IMAGE_B [options]`` and ``match_images``.
+"""Match two images with NCNet (dense or Sparse-NCNet): ``Matcher``, ``main`` and ``python -m matching.match``.
 
-Keypoints are pixels (x, y) of the ORIGINAL images in the COLMAP convention (top-left pixel centre at
-(0.5, 0.5); an image of width W spans [0, W]).
+``MatchConfig`` holds every option of the pipeline's 'matching' stage; ``Matcher(conf).match(img_a, img_b)``
+is the one dense / sparse dispatch; ``main(conf, image_a, image_b, ...)`` is the library entry (files in,
+matches out) and ``cli(argv)`` the command line. Keypoints are pixels (x, y) of the ORIGINAL images in the
+COLMAP convention (top-left pixel centre at (0.5, 0.5); an image of width W spans [0, W]).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
+from localize.core.config import from_dict
+from localize.core.errors import InputError
+from localize.core.records import load_rgb
 from matching.extract import extract_matches
 from matching.model import NCNet, build_ncnet
+from matching.plot import plot_matches
+from matching.preprocess import image_to_tensor, resized_shape
+from matching.refine import RefineConfig, refine_with
+from matching.sparse.match import DEFAULT_TOP_K, RELOCALIZATION_MODES, match_images_sparse
 
 log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 400
+PLOT_MAX_LINES = 300
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Image file -> H x W x 3 uint8 RGB (raises ValueError when unreadable)."""
-    import cv2
+@dataclasses.dataclass(frozen=True)
+class MatchConfig:
+    """The matching stage's options (the pipeline's 'matching' dict; build with ``from_dict(MatchConfig, d)``).
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    weights: NCNet checkpoint (official layout; None = packaged weights); features: 'dense-rootsift' or
+    'resnet101' (None = from the checkpoint); backbone_weights: torchvision resnet101 .pth for checkpoints
+    without a backbone; image_size: longer image side after resizing (px); relocalize: 2x2x2x2 pooling +
+    relocalization (sparse: mode ``reloc_mode``); sparse: Sparse-NCNet with ``top_k`` matches per cell both
+    ways; refine: sub-cell NCC refinement with ``refine_options`` (radius None = one feature cell);
+    max_matches: keep the best N (None = all); half: float16 consensus (CUDA); consensus: False =
+    correlation + mutual NN only; num_pairs: shortlisted database images matched per query (read by the
+    pipeline's driver, not by ``Matcher``).
+    """
+
+    weights: str | None = None
+    features: str | None = None
+    backbone_weights: str | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+    relocalize: bool = False
+    reloc_mode: str = "hard+soft"
+    sparse: bool = False
+    top_k: int = DEFAULT_TOP_K
+    refine: bool = False
+    refine_options: RefineConfig = dataclasses.field(default_factory=RefineConfig)
+    max_matches: int | None = None
+    half: bool = False
+    consensus: bool = True
+    num_pairs: int = 5
+
+    def __post_init__(self) -> None:
+        if int(self.image_size) <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.reloc_mode not in RELOCALIZATION_MODES:
+            raise ValueError(f"reloc_mode must be one of {RELOCALIZATION_MODES}, got {self.reloc_mode!r}")
+        if int(self.top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.max_matches is not None and int(self.max_matches) < 0:
+            raise ValueError(f"max_matches must be >= 0 or None, got {self.max_matches}")
 
 
-def resized_shape(height: int, width: int, image_size: int, multiple: int) -> tuple[int, int]:
-    """(h, w) with the longer side ~ image_size, aspect kept, both rounded down to multiples of ``multiple``."""
-    scale = image_size / max(height, width)
-    h = max(multiple, int(round(height * scale)) // multiple * multiple)
-    w = max(multiple, int(round(width * scale)) // multiple * multiple)
-    return h, w
+class Matcher:
+    """NCNet built once from a ``MatchConfig``; ``match(img_a, img_b)`` dispatches to dense or sparse matching."""
 
+    def __init__(self, conf: MatchConfig, device: str | torch.device = "cpu") -> None:
+        self.conf, self.device = conf, device
+        self.model = build_ncnet(conf.weights, features=conf.features, backbone_weights=conf.backbone_weights,
+                                 relocalization_k=2 if conf.relocalize else 1, consensus=bool(conf.consensus),
+                                 half=bool(conf.half), device=device)
 
-def image_to_tensor(img: np.ndarray, shape_hw: tuple[int, int], device: str | torch.device) -> torch.Tensor:
-    """H x W x 3 uint8 RGB -> [1, 3, h, w] float 0..1 resized (area interpolation) to shape_hw."""
-    import cv2
+    def match(self, img_a: np.ndarray, img_b: np.ndarray) -> dict[str, np.ndarray]:
+        """Two H x W x 3 uint8 RGB images -> keypoints0 / keypoints1 (N x 2 px, COLMAP), scores (N) [+ ncc (N)].
 
-    h, w = shape_hw
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_LINEAR
-    small = cv2.resize(img[..., :3], (w, h), interpolation=interp)
-    return torch.from_numpy(small).to(device).permute(2, 0, 1)[None].float() / 255.0
+        Sparse refinement searches +- one feature cell of B (px) unless ``refine_options.radius`` is set.
+        """
+        c, model = self.conf, self.model
+        size = int(c.image_size)
+        if not c.sparse:
+            return match_images(model, img_a, img_b, image_size=size, refine=bool(c.refine),
+                                max_matches=c.max_matches, refine_options=c.refine_options)
+        m = match_images_sparse(model, img_a, img_b, size, top_k=int(c.top_k),
+                                relocalization=c.reloc_mode if c.relocalize else "none", max_matches=c.max_matches)
+        if c.refine:
+            m = refine_with(img_a, img_b, m, c.refine_options, model.features.stride * max(img_b.shape[:2]) / size)
+        return m
+
+    __call__ = match
 
 
 @torch.no_grad()
 def match_images(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE,
                  refine: bool = False, max_matches: int | None = None, min_score: float = 0.0,
-                 refine_options: dict | None = None) -> dict[str, np.ndarray]:
+                 refine_options: RefineConfig | None = None) -> dict[str, np.ndarray]:
     """Match two H x W x 3 uint8 RGB images -> dict(keypoints0 N x 2, keypoints1 N x 2, scores N).
 
     ``image_size``: longer side after resizing (sides rounded down to multiples of stride x pooling).
     Keypoints in pixels of the original images (COLMAP convention), sorted by decreasing score.
-    ``refine``: sub-cell refinement of the B keypoints at full resolution (``matching.refine``);
-    then also ``ncc`` (N, refinement peak correlation) is returned.
+    ``refine``: sub-cell refinement at full resolution (``matching.refine``, options ``refine_options``;
+    default radius: one feature cell of the coarser image, px); then also ``ncc`` (N, peak NCC) is returned.
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     mult = model.cell_multiple
@@ -74,20 +124,14 @@ def match_images(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size:
     if max_matches is not None:
         result = {k: v[:max_matches] for k, v in result.items()}
     if refine:
-        from matching.refine import refine_matches
-
         cell_a = model.features.stride * img_a.shape[1] / ta.shape[-1]
         cell_b = model.features.stride * img_b.shape[1] / tb.shape[-1]
-        opts = dict(refine_options or {})
-        opts.setdefault("radius", max(cell_a, cell_b))
-        result = refine_matches(img_a, img_b, result, **opts)
+        result = refine_with(img_a, img_b, result, refine_options or RefineConfig(), max(cell_a, cell_b))
     return result
 
 
 def write_matches_h5(path: str | Path, matches: dict[str, np.ndarray], attrs: dict | None = None) -> None:
     """HDF5 with datasets keypoints0 (N x 2), keypoints1 (N x 2), scores (N) [+ others], attrs optional."""
-    import h5py
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         for key, value in matches.items():
@@ -98,39 +142,30 @@ def write_matches_h5(path: str | Path, matches: dict[str, np.ndarray], attrs: di
 
 def read_matches_h5(path: str | Path) -> dict[str, np.ndarray]:
     """Read back ``write_matches_h5``'s datasets."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         return {key: f[key][()] for key in f.keys()}
 
 
-def plot_matches(path: str | Path, img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray],
-                 max_lines: int = 300) -> None:
-    """Side-by-side PNG of both images with match lines coloured by score (viridis)."""
-    import matplotlib
+def main(conf: MatchConfig, image_a: str | Path, image_b: str | Path, out: str | Path | None = None,
+         plot: str | Path | None = None, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """Match two image files per ``conf``; optionally write the matches (HDF5, ``write_matches_h5``) and a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = max(img_a.shape[0], img_b.shape[0])
-    canvas = np.zeros((h, img_a.shape[1] + img_b.shape[1], 3), dtype=np.uint8)
-    canvas[:img_a.shape[0], :img_a.shape[1]] = img_a[..., :3]
-    canvas[:img_b.shape[0], img_a.shape[1]:] = img_b[..., :3]
-    fig, ax = plt.subplots(figsize=(12, 12 * h / canvas.shape[1] + 0.5))
-    ax.imshow(canvas, extent=(0, canvas.shape[1], h, 0))  # extent: COLMAP pixel convention
-    kp0, kp1, sc = matches["keypoints0"][:max_lines], matches["keypoints1"][:max_lines], matches["scores"][:max_lines]
-    if len(sc):
-        norm = plt.Normalize(float(sc.min()), float(sc.max()) + 1e-12)
-        for p, q, s in zip(kp0, kp1, sc):
-            ax.plot([p[0], q[0] + img_a.shape[1]], [p[1], q[1]], color=plt.cm.viridis(norm(s)), lw=0.7)
-    ax.set_axis_off()
-    ax.set_title(f"{len(matches['scores'])} matches (top {len(sc)} drawn, colour = score)")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    Returns the matches (keypoints0 / keypoints1 N x 2 px, COLMAP convention, scores N [+ ncc N]).
+    """
+    img_a, img_b = load_rgb(image_a), load_rgb(image_b)
+    matcher = Matcher(conf, device)
+    matches = matcher.match(img_a, img_b)
+    if out is not None:
+        write_matches_h5(out, matches, {"image_a": str(image_a), "image_b": str(image_b),
+                                        "features": matcher.model.features.name, "image_size": conf.image_size})
+    if plot is not None:
+        plot_matches(plot, img_a, img_b, matches["keypoints0"], matches["keypoints1"], matches["scores"],
+                     max_lines=PLOT_MAX_LINES)
+    return matches
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m matching.match``."""
     ap = argparse.ArgumentParser(prog="python -m matching.match", description=__doc__.splitlines()[0])
     ap.add_argument("image_a")
     ap.add_argument("image_b")
@@ -146,48 +181,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--max-matches", type=int, default=None)
     ap.add_argument("--sparse", action="store_true", help="Sparse-NCNet: top-k sparse correlation + sparse consensus")
-    ap.add_argument("--top-k", type=int, default=10, help="--sparse: matches kept per cell, both directions")
-    ap.add_argument("--reloc-mode", choices=["none", "hard", "hard+soft"], default="hard+soft",
+    ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="--sparse: matches kept per cell, both directions")
+    ap.add_argument("--reloc-mode", choices=list(RELOCALIZATION_MODES), default="hard+soft",
                     help="--sparse with --relocalize: relocalization mode")
     ap.add_argument("--out", help="write matches to this HDF5 file")
     ap.add_argument("--plot", help="write a PNG of the matches")
     ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def conf_from_args(args: argparse.Namespace) -> MatchConfig:
+    """``MatchConfig`` of parsed ``build_parser`` options."""
+    return from_dict(MatchConfig, {
+        "weights": args.weights, "features": args.features, "backbone_weights": args.backbone_weights,
+        "image_size": args.image_size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
+        "sparse": args.sparse, "top_k": args.top_k, "refine": args.refine, "max_matches": args.max_matches,
+        "half": args.half, "consensus": not args.no_consensus})
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m matching.match IMAGE_A IMAGE_B [options]``: exit status 0, or 2 on bad input."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device available")
     try:
-        img_a, img_b = load_image(args.image_a), load_image(args.image_b)
-        model = build_ncnet(weights=args.weights, features=args.features, backbone_weights=args.backbone_weights,
-                            relocalization_k=2 if args.relocalize else 1, consensus=not args.no_consensus,
-                            half=args.half, device=args.device)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        matches = main(conf_from_args(args), args.image_a, args.image_b, args.out, args.plot, args.device)
+    except (InputError, ValueError, FileNotFoundError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.sparse:
-        from matching.sparse_match import match_images_sparse
-
-        matches = match_images_sparse(model, img_a, img_b, args.image_size, top_k=args.top_k,
-                                      relocalization=args.reloc_mode if args.relocalize else "none",
-                                      max_matches=args.max_matches)
-        if args.refine:
-            from matching.refine import refine_matches
-
-            matches = refine_matches(img_a, img_b, matches,
-                                     radius=model.features.stride * max(img_a.shape[:2]) / args.image_size)
-    else:
-        matches = match_images(model, img_a, img_b, args.image_size, refine=args.refine,
-                               max_matches=args.max_matches)
     print(f"{len(matches['scores'])} matches")
     if args.out:
-        write_matches_h5(args.out, matches, {"image_a": str(args.image_a), "image_b": str(args.image_b),
-                                             "features": model.features.name, "image_size": args.image_size})
         print(f"wrote {args.out}")
     if args.plot:
-        plot_matches(args.plot, img_a, img_b, matches)
         print(f"wrote {args.plot}")
     return 0
 
 
+__all__ = ["DEFAULT_IMAGE_SIZE", "MatchConfig", "Matcher", "build_parser", "cli", "conf_from_args", "main",
+           "match_images", "read_matches_h5", "write_matches_h5"]
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -8,6 +8,7 @@ is refined by a 1D parabola fit along x and y. Pixels in the COLMAP convention.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +16,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from matching.dense_sift import to_gray
+
+FIXED_IMAGES = ("a", "b")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Options of ``refine_matches``: search radius (px of the moving image; None = the caller's default, one
+    feature cell), NCC patch side (px), fixed image ('a' or 'b'), minimum peak NCC, drop window-edge peaks."""
+
+    radius: float | None = None
+    patch: int = 15
+    fixed: str = "a"
+    min_ncc: float | None = None
+    drop_border: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fixed not in FIXED_IMAGES:
+            raise ValueError(f"fixed must be 'a' or 'b', got {self.fixed!r}")
 
 
 def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:
@@ -113,4 +132,13 @@ def refine_matches(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.n
     return {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in out.items()}
 
 
-__all__ = ["refine_matches", "refine_positions", "ncc_maps", "sample_patches", "parabolic_offset", "to_gray"]
+def refine_with(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray], conf: RefineConfig,
+                default_radius: float) -> dict[str, np.ndarray]:
+    """``refine_matches`` with the options of ``conf``; ``default_radius`` (px) when ``conf.radius`` is None."""
+    radius = default_radius if conf.radius is None else conf.radius
+    return refine_matches(img_a, img_b, matches, radius=radius, patch=conf.patch, fixed=conf.fixed,
+                          min_ncc=conf.min_ncc, drop_border=conf.drop_border)
+
+
+__all__ = ["FIXED_IMAGES", "RefineConfig", "refine_matches", "refine_with", "refine_positions", "ncc_maps",
+           "sample_patches", "parabolic_offset", "to_gray"]

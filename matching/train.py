@@ -17,29 +17,106 @@ for the lowest validation loss).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from datasets.synthetic import generate
+from localize.core.errors import InputError
 from matching.checkpoint import load_checkpoint_file, save_checkpoint, split_official_state
+from matching.consensus import NeighConsensus
 from matching.correlation import correlation_4d
+from matching.features import FEATURE_NAMES, ResNet101Features, build_features, load_backbone_state
+from matching.model import NCNet
 from matching.pairs import LAYOUTS, ImagePair, load_pairs, resolve_image
+from matching.preprocess import load_image_tensor
 
 log = logging.getLogger(__name__)
 
-PAPER_DEFAULTS = {"image_size": [400], "batch_size": 16, "epochs": 5, "lr": 5e-4}
+PAPER_DEFAULTS: dict[str, Any] = {"image_size": (400,), "batch_size": 16, "epochs": 5, "lr": 5e-4}
 # the preset the packaged weights were trained with (see matching/weights/README.md)
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(PAPER_DEFAULTS),
-    "cpu": {"image_size": [120, 90], "batch_size": 8, "epochs": 4, "lr": 5e-3},
+    "cpu": {"image_size": (120, 90), "batch_size": 8, "epochs": 4, "lr": 5e-3},
 }
+SYNTHETIC_SIZES = ("tiny", "small", "medium")
+_TUPLE_FIELDS = ("data_dirs", "synthetic_seeds", "ncons_kernel_sizes", "ncons_channels", "image_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``train`` (defaults: the paper preset; ``from_preset`` for the others).
+
+    Data: data_dirs (folders or pair CSVs; empty = synthetic datasets of synthetic_seeds, generated as
+    synthetic_size under synthetic_root), layout, train_csv / val_csv, image_root, max_pairs (0 = all).
+    Model: features ('dense-rootsift' with a feature_step px grid, or 'resnet101' with backbone_weights),
+    fe_finetune_params (last layer3 blocks trained), ncons_kernel_sizes / ncons_channels, init_bias,
+    conv_method. Optimisation: image_size ((N,) = N x N px, or (W, H)), batch_size, epochs, lr (Adam),
+    steps_per_epoch (0 = all batches), seed, threads (0 = torch default), device. Checkpoints: out
+    (official layout, plus best_<name>), resume (continue a run), init (start from weights).
+    """
+
+    data_dirs: tuple[str, ...] = ()
+    layout: str = "auto"
+    train_csv: str | None = None
+    val_csv: str | None = None
+    image_root: str | None = None
+    synthetic_root: str = "outputs/ncnet_synthetic"
+    synthetic_seeds: tuple[int, ...] = (1, 2)
+    synthetic_size: str = "small"
+    max_pairs: int = 0
+    features: str = "dense-rootsift"
+    feature_step: int = 8
+    backbone_weights: str | None = None
+    allow_random_backbone: bool = False
+    fe_finetune_params: int = 0
+    ncons_kernel_sizes: tuple[int, ...] = (3, 3)
+    ncons_channels: tuple[int, ...] = (16, 1)
+    init_bias: float | None = None
+    conv_method: str = "loop3d"
+    image_size: tuple[int, ...] = PAPER_DEFAULTS["image_size"]
+    batch_size: int = PAPER_DEFAULTS["batch_size"]
+    epochs: int = PAPER_DEFAULTS["epochs"]
+    lr: float = PAPER_DEFAULTS["lr"]
+    steps_per_epoch: int = 0
+    seed: int = 1
+    threads: int = 2
+    device: str = "cpu"
+    out: str = "outputs/ncnet_train/ncnet_dense_rootsift.pth.tar"
+    resume: str | None = None
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:  # lists (from JSON or callers) become tuples: the config stays hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.image_size) not in (1, 2):
+            raise ValueError(f"image_size takes (N,) or (W, H), got {self.image_size}")
+        if len(self.ncons_kernel_sizes) != len(self.ncons_channels):
+            raise ValueError("ncons_kernel_sizes and ncons_channels need the same length")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (negatives are made inside the batch)")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.features not in FEATURE_NAMES:
+            raise ValueError(f"features must be one of {FEATURE_NAMES}, got {self.features!r}")
+        if self.synthetic_size not in SYNTHETIC_SIZES:
+            raise ValueError(f"synthetic_size must be one of {SYNTHETIC_SIZES}, got {self.synthetic_size!r}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "paper", **changes: Any) -> TrainConfig:
+        """The ``PRESETS[preset]`` image size / batch / epochs / lr, then ``changes`` (any field)."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[preset], **changes})
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -128,28 +205,13 @@ def make_batches(n: int, batch_size: int, keys: list[str], seed: int, epoch: int
     return [arrange_batch(b, keys, rng) for b in batches if len(b) >= 2]
 
 
-def load_image_tensor(path: Path, size_wh: tuple[int, int], flip: bool = False) -> Tensor:
-    """Image file -> [3, H, W] float 0..1 RGB resized to size_wh (area / linear), optionally flipped."""
-    import cv2
-
-    from localize.core.records import load_rgb
-
-    img = load_rgb(path)
-    if flip:
-        img = img[:, ::-1]
-    w, h = size_wh
-    interp = cv2.INTER_AREA if w * h < img.shape[0] * img.shape[1] else cv2.INTER_LINEAR
-    img = cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interp)
-    return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
-
-
 class PairSet:
     """Positive pairs with their image roots; fixed-feature cache shared across epochs."""
 
     def __init__(self, pairs: list[ImagePair], roots: list[list[Path]], layouts: list[str]) -> None:
         self.pairs, self.roots, self.layouts = pairs, roots, layouts
         # data-source index prefix keeps places of different folders apart
-        self.keys = [f"{r[0]}|{place_key(p, lay)}" for p, r, lay in zip(pairs, roots, layouts)]
+        self.keys = [f"{r[0]}|{place_key(p, lay)}" for p, r, lay in zip(pairs, roots, layouts, strict=True)]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -189,21 +251,21 @@ class FeatureCache:
         return torch.stack(fa), torch.stack(fb)
 
 
-def collect_data(args: argparse.Namespace, split: str) -> PairSet:
+def collect_data(conf: TrainConfig, split: str) -> PairSet:
     """Positive pairs of ``split`` from every data folder (synthetic ones generated when needed)."""
     pairs, roots, layouts = [], [], []
-    csv_opt = args.train_csv if split == "train" else args.val_csv
-    for data in args.data_dirs:
+    csv_opt = conf.train_csv if split == "train" else conf.val_csv
+    for data in conf.data_dirs:
         d = Path(data)
-        got, layout, path = load_pairs(d, split, args.layout, csv_path=csv_opt)
+        got, layout, path = load_pairs(d, split, conf.layout, csv_path=csv_opt)
         if path is None:
             continue
-        base = [Path(args.image_root)] if args.image_root else []
+        base = [Path(conf.image_root)] if conf.image_root else []
         base += [d if d.is_dir() else d.parent, path.parent, path.parent.parent]
         base += [b / "images" for b in base[-3:]]
         uniq = list(dict.fromkeys(base))
-        if args.max_pairs and split == "train":
-            got = got[:args.max_pairs]
+        if conf.max_pairs and split == "train":
+            got = got[:conf.max_pairs]
         pairs += got
         roots += [uniq] * len(got)
         layouts += [layout] * len(got)
@@ -211,10 +273,8 @@ def collect_data(args: argparse.Namespace, split: str) -> PairSet:
     return PairSet(pairs, roots, layouts)
 
 
-def synthetic_dirs(root: str | Path, seeds: list[int], size: str) -> list[Path]:
+def synthetic_dirs(root: str | Path, seeds: tuple[int, ...] | list[int], size: str) -> list[Path]:
     """Generate (when missing) the synthetic datasets of ``seeds`` under root/<size>_s<seed>; their paths."""
-    from datasets.synthetic import generate
-
     out = []
     for s in seeds:
         d = Path(root) / f"{size}_s{s}"
@@ -224,73 +284,69 @@ def synthetic_dirs(root: str | Path, seeds: list[int], size: str) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def build_training_model(args: argparse.Namespace, device: torch.device):
-    """NCNet with a freshly initialised consensus network (``--seed``), features per the options."""
-    from matching.consensus import NeighConsensus
-    from matching.features import ResNet101Features, build_features
-    from matching.model import NCNet
-
-    fe = build_features(args.features, backbone_weights=args.backbone_weights, step=args.feature_step)
-    if isinstance(fe, ResNet101Features) and args.backbone_weights is None and not args.allow_random_backbone:
+def build_training_model(conf: TrainConfig, device: torch.device) -> NCNet:
+    """NCNet with a freshly initialised consensus network (``conf.seed``), features per the configuration."""
+    fe = build_features(conf.features, backbone_weights=conf.backbone_weights, step=conf.feature_step)
+    if isinstance(fe, ResNet101Features) and conf.backbone_weights is None and not conf.allow_random_backbone:
         raise ValueError("resnet101 features need --backbone-weights (torchvision resnet101 .pth) or "
                          "--resume/--init a checkpoint with a backbone; nothing is downloaded")
-    torch.manual_seed(args.seed)
-    nc = NeighConsensus(args.ncons_kernel_sizes, args.ncons_channels, symmetric=True, method=args.conv_method)
-    if args.init_bias is not None:
+    torch.manual_seed(conf.seed)
+    nc = NeighConsensus(list(conf.ncons_kernel_sizes), list(conf.ncons_channels), symmetric=True,
+                        method=conf.conv_method)
+    if conf.init_bias is not None:
         with torch.no_grad():
             for layer in nc.conv_layers():
                 if layer.bias is not None:
-                    layer.bias.fill_(args.init_bias)
+                    layer.bias.fill_(conf.init_bias)
     model = NCNet(fe, nc).to(device)
     for p in model.features.parameters():
         p.requires_grad_(False)
-    if isinstance(fe, ResNet101Features) and args.fe_finetune_params > 0:
+    if isinstance(fe, ResNet101Features) and conf.fe_finetune_params > 0:
         layer3 = fe.model[6]
-        for block in list(layer3.children())[-args.fe_finetune_params:]:
+        for block in list(layer3.children())[-conf.fe_finetune_params:]:
             for p in block.parameters():
                 p.requires_grad_(True)
     return model
 
 
-def load_into(model, ckpt: dict) -> None:
+def load_into(model: NCNet, ckpt: dict) -> None:
     """Consensus (and backbone, if any) tensors of an official-layout checkpoint into ``model``."""
-    from matching.features import ResNet101Features, load_backbone_state
-
     backbone, cons = split_official_state(ckpt["state_dict"])
     model.neigh_consensus.load_state_dict(cons, strict=True)
     if isinstance(model.features, ResNet101Features) and backbone:
         load_backbone_state(model.features.model, backbone)
 
 
-def checkpoint_args(args: argparse.Namespace, **extra) -> argparse.Namespace:
-    """The ``args`` Namespace stored in checkpoints: official field names + ours, primitives only."""
+def checkpoint_args(conf: TrainConfig, **extra: Any) -> argparse.Namespace:
+    """The ``args`` Namespace stored in checkpoints (the official files carry one; official readers and
+    ``matching.checkpoint`` read its fields): official field names + ours, primitives only."""
     ns = argparse.Namespace(
-        ncons_kernel_sizes=list(args.ncons_kernel_sizes), ncons_channels=list(args.ncons_channels),
-        lr=float(args.lr), num_epochs=int(args.epochs), batch_size=int(args.batch_size),
-        image_size=int(args.image_size[0]), image_size_wh=list(size_wh(args)),
-        fe_finetune_params=int(args.fe_finetune_params),
-        feature_extraction_cnn=args.features.replace("-", "_"), feature_stride=int(args.feature_step),
-        dataset_image_path=str(args.image_root or ""), dataset_csv_path=",".join(map(str, args.data_dirs)),
-        result_model_fn=Path(args.out).name, result_model_dir=str(Path(args.out).parent),
-        checkpoint=str(args.resume or ""), seed=int(args.seed), layout=args.layout,
-        synthetic_seeds=list(args.synthetic_seeds), synthetic_size=args.synthetic_size,
-        steps_per_epoch=int(args.steps_per_epoch or 0), max_pairs=int(args.max_pairs or 0),
-        init_bias=float("nan") if args.init_bias is None else float(args.init_bias),
+        ncons_kernel_sizes=list(conf.ncons_kernel_sizes), ncons_channels=list(conf.ncons_channels),
+        lr=float(conf.lr), num_epochs=int(conf.epochs), batch_size=int(conf.batch_size),
+        image_size=int(conf.image_size[0]), image_size_wh=list(size_wh(conf)),
+        fe_finetune_params=int(conf.fe_finetune_params),
+        feature_extraction_cnn=conf.features.replace("-", "_"), feature_stride=int(conf.feature_step),
+        dataset_image_path=str(conf.image_root or ""), dataset_csv_path=",".join(map(str, conf.data_dirs)),
+        result_model_fn=Path(conf.out).name, result_model_dir=str(Path(conf.out).parent),
+        checkpoint=str(conf.resume or ""), seed=int(conf.seed), layout=conf.layout,
+        synthetic_seeds=list(conf.synthetic_seeds), synthetic_size=conf.synthetic_size,
+        steps_per_epoch=int(conf.steps_per_epoch or 0), max_pairs=int(conf.max_pairs or 0),
+        init_bias=float("nan") if conf.init_bias is None else float(conf.init_bias),
         symmetric_mode=True, torch_version=str(torch.__version__))
     for k, v in extra.items():
         setattr(ns, k, v)
     return ns
 
 
-def size_wh(args: argparse.Namespace) -> tuple[int, int]:
-    """Training image size (W, H): one value = square (as NCNet's 400x400), two = W H."""
-    s = list(args.image_size)
+def size_wh(conf: TrainConfig) -> tuple[int, int]:
+    """Training image size (W, H) px: one value = square (as NCNet's 400x400), two = W H."""
+    s = list(conf.image_size)
     return (int(s[0]), int(s[0])) if len(s) == 1 else (int(s[0]), int(s[1]))
 
 
 # ----------------------------------------------------------------------------------------------- loop
-def run_epoch(model, data: PairSet, cache: FeatureCache, batches: list[list[int]], optimizer=None,
-              desc: str = "") -> tuple[float, float, float]:
+def run_epoch(model: NCNet, data: PairSet, cache: FeatureCache, batches: list[list[int]], optimizer=None,
+              desc: str = "") -> tuple[float, ...]:
     """One pass; trains when ``optimizer`` is given. Returns mean (loss, positive score, negative score)."""
     train = optimizer is not None
     model.train(train)
@@ -316,29 +372,29 @@ def best_path(out: Path) -> Path:
     return out.parent / f"best_{out.name}"
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Train per ``args`` (see ``parse_args``); returns a summary dict."""
+def train(conf: TrainConfig) -> dict[str, Any]:
+    """Train per ``conf``; writes the checkpoints and returns a summary dict (per-epoch losses, pair counts, paths)."""
     t_start = time.perf_counter()
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed % 2**32)
+    torch.manual_seed(conf.seed)
+    np.random.seed(conf.seed % 2**32)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if not args.data_dirs:
-        args.data_dirs = [str(d) for d in synthetic_dirs(args.synthetic_root, args.synthetic_seeds,
-                                                         args.synthetic_size)]
-    train_set, val_set = collect_data(args, "train"), collect_data(args, "val")
+    if conf.threads:
+        torch.set_num_threads(conf.threads)
+    device = torch.device(conf.device)
+    if not conf.data_dirs:
+        conf = dataclasses.replace(conf, data_dirs=tuple(str(d) for d in synthetic_dirs(
+            conf.synthetic_root, conf.synthetic_seeds, conf.synthetic_size)))
+    train_set, val_set = collect_data(conf, "train"), collect_data(conf, "val")
     if len(train_set) < 2:
-        raise ValueError(f"need at least 2 positive training pairs, found {len(train_set)} in {args.data_dirs}")
-    model = build_training_model(args, device)
-    if args.init:
-        load_into(model, load_checkpoint_file(args.init))
+        raise ValueError(f"need at least 2 positive training pairs, found {len(train_set)} in {list(conf.data_dirs)}")
+    model = build_training_model(conf, device)
+    if conf.init:
+        load_into(model, load_checkpoint_file(conf.init))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=args.lr)
+    optimizer = torch.optim.Adam(params, lr=conf.lr)
     start_epoch, train_hist, val_hist, best = 1, [], [], float("inf")
-    if args.resume:
-        ckpt = load_checkpoint_file(args.resume)
+    if conf.resume:
+        ckpt = load_checkpoint_file(conf.resume)
         load_into(model, ckpt)
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -347,21 +403,21 @@ def train(args: argparse.Namespace) -> dict:
         val_hist = [float(v) for v in np.asarray(ckpt.get("test_loss", []))[:start_epoch - 1]]
         best = float(ckpt.get("best_test_loss", float("inf")))
         prev_seconds = float(getattr(ckpt.get("args"), "train_seconds", 0.0) or 0.0)
-        log.info("resuming from %s at epoch %d", args.resume, start_epoch)
+        log.info("resuming from %s at epoch %d", conf.resume, start_epoch)
     else:
         prev_seconds = 0.0
     fixed = not any(p.requires_grad for p in model.features.parameters())
-    cache = FeatureCache(model.features, size_wh(args), device, enabled=fixed)
-    out = Path(args.out)
-    val_batches = make_batches(len(val_set), args.batch_size, val_set.keys, args.seed, 0) if len(val_set) >= 2 \
+    cache = FeatureCache(model.features, size_wh(conf), device, enabled=fixed)
+    out = Path(conf.out)
+    val_batches = make_batches(len(val_set), conf.batch_size, val_set.keys, conf.seed, 0) if len(val_set) >= 2 \
         else []
     summary = {"epochs": []}
-    for epoch in range(start_epoch, args.epochs + 1):
-        batches = make_batches(len(train_set), args.batch_size, train_set.keys, args.seed, epoch)
-        if args.steps_per_epoch:
-            batches = batches[:args.steps_per_epoch]
+    for epoch in range(start_epoch, conf.epochs + 1):
+        batches = make_batches(len(train_set), conf.batch_size, train_set.keys, conf.seed, epoch)
+        if conf.steps_per_epoch:
+            batches = batches[:conf.steps_per_epoch]
         t0 = time.perf_counter()
-        tr = run_epoch(model, train_set, cache, batches, optimizer, desc=f"epoch {epoch}/{args.epochs}")
+        tr = run_epoch(model, train_set, cache, batches, optimizer, desc=f"epoch {epoch}/{conf.epochs}")
         with torch.no_grad():
             va = run_epoch(model, val_set, cache, val_batches, None, desc="validation") if val_batches else tr
         train_hist.append(tr[0])
@@ -369,7 +425,7 @@ def train(args: argparse.Namespace) -> dict:
         is_best = va[0] < best
         best = min(best, va[0])
         seconds = prev_seconds + time.perf_counter() - t_start
-        ns = checkpoint_args(args, train_seconds=round(seconds, 1))
+        ns = checkpoint_args(conf, train_seconds=round(seconds, 1))
         common = dict(epoch=epoch, args=ns, optimizer=optimizer.state_dict(), train_loss=np.array(train_hist),
                       test_loss=np.array(val_hist), best_test_loss=float(best))
         save_checkpoint(out, model, **common)
@@ -385,8 +441,8 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (``--preset`` fills image size / batch / epochs unless given explicitly)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m matching.train`` (option dests = ``TrainConfig`` fields + preset, verbose)."""
     ap = argparse.ArgumentParser(prog="python -m matching.train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("data")
@@ -400,10 +456,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--synthetic-root", default="outputs/ncnet_synthetic",
                    help="where default synthetic datasets are generated (default %(default)s)")
     g.add_argument("--synthetic-seeds", type=int, nargs="+", default=[1, 2], help="synthetic building seeds")
-    g.add_argument("--synthetic-size", default="small", choices=["tiny", "small", "medium"])
+    g.add_argument("--synthetic-size", default="small", choices=list(SYNTHETIC_SIZES))
     g.add_argument("--max-pairs", type=int, default=0, help="use at most this many training pairs per folder")
     g = ap.add_argument_group("model")
-    g.add_argument("--features", default="dense-rootsift", choices=["dense-rootsift", "resnet101"])
+    g.add_argument("--features", default="dense-rootsift", choices=list(FEATURE_NAMES))
     g.add_argument("--feature-step", type=int, default=8, help="dense-rootsift grid step (px)")
     g.add_argument("--backbone-weights", help="torchvision resnet101 .pth for --features resnet101")
     g.add_argument("--allow-random-backbone", action="store_true", help=argparse.SUPPRESS)
@@ -432,27 +488,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resume", help="continue a run from its checkpoint (weights, optimizer, epoch, histories)")
     g.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer, epoch 1)")
     g.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    preset = PRESETS[args.preset or "paper"]
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if len(args.image_size) not in (1, 2):
+    return ap
+
+
+def config_from_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """``TrainConfig`` of options parsed by ``ap`` (``build_parser``); ``--preset`` fills image size / batch /
+    epochs / lr unless given explicitly. Bad options exit through ``ap.error`` (status 2)."""
+    if len(args.image_size or [0]) not in (1, 2):
         ap.error("--image-size takes N or W H")
     if len(args.ncons_kernel_sizes) != len(args.ncons_channels):
         ap.error("--ncons-kernel-sizes and --ncons-channels need the same length")
-    if args.batch_size < 2:
+    if args.batch_size is not None and args.batch_size < 2:
         ap.error("--batch-size must be >= 2 (negatives are made inside the batch)")
-    return args
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    try:
+        conf = TrainConfig.from_preset(args.preset or "paper", **given)
+    except ValueError as exc:
+        ap.error(str(exc))
+    return conf
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    args = parse_args(argv)
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """``TrainConfig`` of a ``python -m matching.train`` command line (``config_from_args``)."""
+    ap = build_parser()
+    return config_from_args(ap, ap.parse_args(argv))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m matching.train``: exit status 0, or 2 on bad input."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    conf = config_from_args(ap, args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        summary = train(args)
-    except (ValueError, FileNotFoundError) as exc:
+        summary = train(conf)
+    except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"trained on {summary['train_pairs']} pairs ({summary['val_pairs']} validation) in "
@@ -462,4 +533,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from localize.core.errors import CheckpointError
 from matching.checkpoint import load_checkpoint_file, save_checkpoint
 from matching.features import ResNet101Features
 from matching.model import build_ncnet
@@ -148,5 +149,17 @@ def test_save_reload(tmp_path: Path, kernels: list[int], channels: list[int]) ->
 def test_disallowed_global_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth.tar"
     torch.save({"state_dict": {}, "args": io.BytesIO(b"x")}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"evil\.pth\.tar.*_io\.BytesIO") as info:
         load_checkpoint_file(path)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError) and "\n" not in str(info.value)
+    fe = ResNet101Features()  # torchvision backbone files go through the same safe reader
+    with pytest.raises(CheckpointError, match="BytesIO"):
+        fe.load_torchvision(path)
+
+
+def test_missing_or_foreign_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint_file(tmp_path / "none.pth.tar")
+    torch.save([torch.zeros(2)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="not an NCNet checkpoint"):
+        load_checkpoint_file(tmp_path / "list.pth")

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from localize.core.config import from_dict
+from localize.core.errors import ConfigError
 from localize.core.geometry import Camera, Pose
+from localize.run import CONFS
 from matching.evaluate import depth_ground_truth, match_accuracy
-from matching.match import main, match_images, read_matches_h5, resized_shape
+from matching.match import MatchConfig, Matcher, cli, main, match_images, read_matches_h5
 from matching.model import build_ncnet
+from matching.plot import plot_matches
+from matching.preprocess import resized_shape
+from matching.refine import RefineConfig, refine_matches
+from matching.sparse.match import match_images_sparse
 
 SHIFT = np.array([13.0, 7.0])  # B(x) = A(x - SHIFT): a point x of A is at x + SHIFT in B
 
@@ -66,13 +73,83 @@ def test_cli_writes_h5_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -
     cv2.imwrite(str(pa), a[..., ::-1])
     cv2.imwrite(str(pb), b[..., ::-1])
     out, plot = tmp_path / "m.h5", tmp_path / "m.png"
-    rc = main([str(pa), str(pb), "--image-size", "128", "--no-consensus", "--out", str(out), "--plot", str(plot)])
+    rc = cli([str(pa), str(pb), "--image-size", "128", "--no-consensus", "--out", str(out), "--plot", str(plot)])
     assert rc == 0
     n = int(capsys.readouterr().out.split()[0])
     d = read_matches_h5(out)
     assert d["keypoints0"].shape == (n, 2) and d["keypoints1"].shape == (n, 2) and d["scores"].shape == (n,)
     assert plot.stat().st_size > 1000
-    assert main([str(tmp_path / "missing.png"), str(pb)]) == 2
+    assert cli([str(tmp_path / "missing.png"), str(pb)]) == 2
+    (tmp_path / "cut.png").write_bytes(pa.read_bytes()[:-20])  # truncated PNG: refused by load_rgb
+    assert cli([str(tmp_path / "cut.png"), str(pb)]) == 2
+
+
+def test_main_library_entry(tmp_path: Path) -> None:
+    """main(conf, paths) returns the matches of Matcher on the files and writes them (HDF5, attrs)."""
+    a, b = textured_pair()
+    pa, pb = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(pa), a[..., ::-1])
+    cv2.imwrite(str(pb), b[..., ::-1])
+    conf = MatchConfig(image_size=128, consensus=False, max_matches=50)
+    m = main(conf, pa, pb, out=tmp_path / "o" / "m.h5", plot=tmp_path / "o" / "m.png")
+    ref = Matcher(conf).match(a, b)
+    d = read_matches_h5(tmp_path / "o" / "m.h5")
+    for key in ("keypoints0", "keypoints1", "scores"):
+        assert np.array_equal(m[key], ref[key]) and np.array_equal(d[key], ref[key])
+    assert len(m["scores"]) == 50 and (tmp_path / "o" / "m.png").stat().st_size > 1000
+
+
+def test_match_config_presets_and_unknown_key() -> None:
+    """Every pipeline preset's 'matching' dict builds a MatchConfig with the same values; unknown keys are named."""
+    for name, preset in CONFS.items():
+        conf = from_dict(MatchConfig, preset["matching"])
+        for key, value in preset["matching"].items():
+            assert getattr(conf, key) == value, (name, key)
+        assert conf.sparse == bool(preset["matching"].get("sparse", False))
+        assert conf.refine_options == RefineConfig()
+    conf = from_dict(MatchConfig, {"refine": True, "refine_options": {"radius": 3.0, "min_ncc": 0.2}})
+    assert conf.refine_options == RefineConfig(radius=3.0, min_ncc=0.2)
+    with pytest.raises(ConfigError, match="top_kk"):
+        from_dict(MatchConfig, {"top_kk": 3})
+    with pytest.raises(ConfigError, match="refine_options.radiuss"):
+        from_dict(MatchConfig, {"refine_options": {"radiuss": 3.0}})
+    with pytest.raises(ConfigError, match="reloc_mode"):
+        from_dict(MatchConfig, {"reloc_mode": "soft"})
+
+
+def test_matcher_dispatch_matches_direct_calls() -> None:
+    """Matcher = match_images (dense) or match_images_sparse + refine_matches with a radius of one feature cell
+    of B (sparse), bit for bit, on images of different sizes; refine_options reach refine_matches."""
+    a, b = textured_pair()
+    b = b[:120, :176]
+    model = build_ncnet(consensus=False, relocalization_k=2)
+    dense = Matcher(MatchConfig(image_size=160, consensus=False, relocalize=True, refine=True, max_matches=300))
+    ref = match_images(model, a, b, 160, refine=True, max_matches=300)
+    got = dense.match(a, b)
+    assert set(got) == set(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
+    sparse = Matcher(MatchConfig(image_size=160, consensus=False, relocalize=True, sparse=True, top_k=5,
+                                 refine=True, max_matches=300))
+    coarse = match_images_sparse(model, a, b, 160, top_k=5, relocalization="hard+soft", max_matches=300)
+    ref = refine_matches(a, b, coarse, radius=model.features.stride * max(b.shape[:2]) / 160)
+    got = sparse.match(a, b)
+    assert set(got) == set(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
+    opts = {"radius": 3.0, "patch": 11, "min_ncc": 0.3, "drop_border": True}
+    conf = from_dict(MatchConfig, {"image_size": 160, "consensus": False, "sparse": True, "top_k": 5,
+                                   "relocalize": True, "refine": True, "max_matches": 300, "refine_options": opts})
+    ref = refine_matches(a, b, coarse, **opts)
+    got = Matcher(conf).match(a, b)
+    assert 0 < len(got["scores"]) < len(coarse["scores"])  # min_ncc / drop_border removed some
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+def test_plot_matches_options(tmp_path: Path) -> None:
+    """One PNG writer for both callers: with / without scores, highlight, custom title, nested output folder."""
+    a, b = textured_pair()
+    kp = np.array([[10.0, 10.0], [50.5, 60.5], [100.0, 20.0]])
+    plot_matches(tmp_path / "x" / "m.png", a, b[:100], kp, kp + SHIFT, np.array([0.9, 0.1, 0.5]),
+                 highlight=np.array([True, False, True]), title="t", max_lines=2)
+    plot_matches(tmp_path / "n.png", a[..., 0], b, kp, kp, max_lines=0)
+    assert (tmp_path / "x" / "m.png").stat().st_size > 1000 and (tmp_path / "n.png").stat().st_size > 1000
 
 
 def test_match_accuracy() -> None:

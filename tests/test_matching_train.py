@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from matching.pairs import detect_layout, load_pairs, positive_pairs, read_pair_csv
-from matching.train import (arrange_batch, make_batches, matching_score, place_key, roll_negatives, train,
-                            parse_args, weak_loss)
+from matching.train import (TrainConfig, arrange_batch, make_batches, matching_score, parse_config, place_key,
+                            roll_negatives, train, weak_loss)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -100,7 +100,7 @@ def test_two_step_training_checkpoint_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "run" / "ck.pth.tar"
     base = ["--data", str(data), "--image-size", "48", "32", "--batch-size", "2", "--steps-per-epoch", "2",
             "--lr", "1e-2", "--seed", "5", "--out", str(out)]
-    s = train(parse_args(base + ["--epochs", "1"]))
+    s = train(parse_config(base + ["--epochs", "1"]))
     assert s["train_pairs"] == 3 and s["val_pairs"] == 2 and out.exists()
     ck = load_checkpoint_file(out)
     assert ck["epoch"] == 1 and list(ck["args"].ncons_kernel_sizes) == [3, 3]
@@ -114,10 +114,10 @@ def test_two_step_training_checkpoint_and_resume(tmp_path: Path) -> None:
     assert not torch.equal(w_loaded, init.neigh_consensus.conv[0].weight)
     # same seed, same command -> identical weights
     out2 = tmp_path / "run2" / "ck.pth.tar"
-    train(parse_args(base[:-1] + [str(out2), "--epochs", "1"]))
+    train(parse_config(base[:-1] + [str(out2), "--epochs", "1"]))
     assert torch.equal(build_ncnet(weights=out2).neigh_consensus.conv[0].weight, w_loaded)
     # resume continues at epoch 2 from the saved state
-    s2 = train(parse_args(base + ["--epochs", "2", "--resume", str(out)]))
+    s2 = train(parse_config(base + ["--epochs", "2", "--resume", str(out)]))
     assert [e["epoch"] for e in s2["epochs"]] == [2]
     ck2 = load_checkpoint_file(out)
     assert ck2["epoch"] == 2 and len(ck2["train_loss"]) == 2 and ck2["train_loss"][0] == ck["train_loss"][0]
@@ -150,8 +150,22 @@ def test_shared_pfpascal_and_ivd_readers() -> None:
 
 
 def test_cli_errors(tmp_path: Path) -> None:
-    from matching.train import main
+    from matching.train import cli
 
     with pytest.raises(SystemExit):
-        main(["--batch-size", "1"])
-    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "x.pth.tar")]) == 2  # no pairs there
+        cli(["--batch-size", "1"])
+    assert cli(["--data", str(tmp_path), "--out", str(tmp_path / "x.pth.tar")]) == 2  # no pairs there
+
+
+def test_train_config_presets() -> None:
+    """--preset fills image size / batch / epochs / lr unless given; the paper preset is the default."""
+    assert parse_config([]) == TrainConfig() == TrainConfig.from_preset("paper")
+    cpu = parse_config(["--preset", "cpu", "--epochs", "7"])
+    assert (cpu.image_size, cpu.batch_size, cpu.epochs, cpu.lr) == ((120, 90), 8, 7, 5e-3)
+    assert TrainConfig(ncons_kernel_sizes=[5, 5], ncons_channels=[8, 1]).ncons_kernel_sizes == (5, 5)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="same length"):
+        TrainConfig(ncons_kernel_sizes=(3, 3, 3))
+    with pytest.raises(SystemExit):
+        parse_config(["--image-size", "1", "2", "3"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from matching.eval_pf_pascal import (dense_matches_b_to_a, evaluate_pf_pascal, main, pair_pck,
+from matching.eval_pf_pascal import (dense_matches_b_to_a, evaluate_pf_pascal, cli, pair_pck,
                                      transfer_keypoints)
 from matching.pairs import detect_layout, read_pair_csv
 
@@ -98,7 +98,7 @@ def test_pck_known_warp_good_and_wrong_matcher(tmp_path: Path) -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_folder(tmp_path)
-    rc = main(["--data", str(tmp_path), "--image-size", "160", "--no-consensus", "--out", str(tmp_path / "p.csv")])
+    rc = cli(["--data", str(tmp_path), "--image-size", "160", "--no-consensus", "--out", str(tmp_path / "p.csv")])
     assert rc == 0
     assert "PCK@0.1" in capsys.readouterr().out
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 3

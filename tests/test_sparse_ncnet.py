@@ -13,16 +13,16 @@ from matching.correlation import correlation_4d, correlation_4d_maxpool, feature
 from matching.extract import extract_matches
 from matching.mutual import mutual_matching
 from matching.relocalize import maxpool4d, relocalize_indices
-from matching.sparse_consensus import sparse_neigh_consensus
-from matching.sparse_conv4d import NeighbourMap, sparse_conv4d
-from matching.sparse_correlation import (
+from matching.sparse.consensus import sparse_neigh_consensus
+from matching.sparse.conv4d import NeighbourMap, sparse_conv4d
+from matching.sparse.correlation import (
     SparseCorr4d,
     sort_unique,
     sparse_mutual_matching,
     sparse_topk_correlation,
     sparse_topk_correlation_maxpool,
 )
-from matching.sparse_extract import (
+from matching.sparse.extract import (
     extract_sparse_matches,
     hard_relocalize,
     soft_relocalize,
@@ -211,7 +211,7 @@ def test_soft_relocalization_against_plain_loop():
 def test_match_images_sparse_recovers_shift():
     """A textured image and its copy shifted by 16 px: matches follow the shift (pixels, COLMAP convention)."""
     from matching.model import build_ncnet
-    from matching.sparse_match import match_images_sparse
+    from matching.sparse.match import match_images_sparse
 
     rng = np.random.default_rng(0)
     big = (rng.random((20, 26, 3)) * 255).astype(np.uint8)
@@ -244,7 +244,7 @@ def _dense_and_sparse_accuracy(model, img_a, img_b, gt, image_size=240, top=100)
     image size and top-N), and for the dense matches with shuffled B keypoints (what random matches get)."""
     from matching.evaluate import match_accuracy
     from matching.match import match_images
-    from matching.sparse_match import match_images_sparse
+    from matching.sparse.match import match_images_sparse
 
     dense = match_images(model, img_a, img_b, image_size, max_matches=top)
     sparse = match_images_sparse(model, img_a, img_b, image_size, top_k=10, relocalization="none", max_matches=top)
@@ -266,8 +266,7 @@ def _check_close(d, s, r, bar=40.0, tol=10.0):
 def trained_ncnet():
     from matching.model import PACKAGED_WEIGHTS, build_ncnet
 
-    if not PACKAGED_WEIGHTS.exists():
-        pytest.skip("packaged NCNet weights missing")
+    assert PACKAGED_WEIGHTS.exists(), f"committed packaged NCNet weights missing: {PACKAGED_WEIGHTS}"
     return build_ncnet(weights=PACKAGED_WEIGHTS)
 
 
@@ -279,7 +278,7 @@ def test_sparse_accuracy_close_to_dense_tum(tum_root, trained_ncnet):
     from datasets.rgbd_folder import read_depth_png
     from datasets.tum import TUM_DEPTH_SCALE, TUM_FR1_CALIBRATED, read_tum_frames
     from matching.evaluate import depth_ground_truth
-    from matching.match import load_image
+    from localize.core.records import load_rgb
 
     frames = read_tum_frames(tum_root)
     for ia, ib in ((16, 17), (50, 51)):
@@ -287,8 +286,8 @@ def test_sparse_accuracy_close_to_dense_tum(tum_root, trained_ncnet):
         gt = depth_ground_truth(read_depth_png(tum_root / fa.depth_file, TUM_DEPTH_SCALE),
                                 read_depth_png(tum_root / fb.depth_file, TUM_DEPTH_SCALE),
                                 TUM_FR1_CALIBRATED, fa.pose, TUM_FR1_CALIBRATED, fb.pose)
-        d, s, r = _dense_and_sparse_accuracy(trained_ncnet, load_image(tum_root / fa.rgb_file),
-                                             load_image(tum_root / fb.rgb_file), gt)
+        d, s, r = _dense_and_sparse_accuracy(trained_ncnet, load_rgb(tum_root / fa.rgb_file),
+                                             load_rgb(tum_root / fb.rgb_file), gt)
         _check_close(d, s, r)
 
 

@@ -1,7 +1,7 @@
 """Sparse neighbourhood consensus: NCNet's consensus network as submanifold sparse 4D convolutions.
 
 Uses the parameters of a dense ``matching.consensus.NeighConsensus`` as they are (same state dict, same
-checkpoints). Each layer: submanifold conv (``matching.sparse_conv4d``) + ReLU, output at the input
+checkpoints). Each layer: submanifold conv (``matching.sparse.conv4d``) + ReLU, output at the input
 sites only. Symmetric mode N(c) + T(N(T(c))): T swaps the (iA, jA) <-> (iB, jB) coordinates; on the same
 sites this equals running N with every kernel transposed (``transpose_kernel``), so both branches run
 fused as one grouped network on one neighbour map (``symmetric_by='kernel'``, default), or literally on
@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from matching.consensus import NeighConsensus, transpose_kernel
-from matching.sparse_conv4d import NeighbourMap, sparse_conv4d
-from matching.sparse_correlation import SparseCorr4d
+from matching.sparse.conv4d import NeighbourMap, sparse_conv4d
+from matching.sparse.correlation import SparseCorr4d
 
 
 def _branch_layers(nc: NeighConsensus, fused_symmetric: bool) -> list[tuple[Tensor, Tensor | None, int]]:

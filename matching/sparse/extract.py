@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from matching.extract import sort_unique_matches
-from matching.extract import cell_to_pixels
-from matching.sparse_correlation import SparseCorr4d
+from matching.extract import cell_to_pixels, sort_unique_matches
+from matching.sparse.correlation import SparseCorr4d
 
 
 def _best_per_line(line: Tensor, other: Tensor, v: Tensor, n_lines: int, line_len: int,

@@ -9,7 +9,7 @@ Top-k correlation (Rocco et al., Sparse-NCNet, ECCV 2020): for each cell of A it
 for each cell of B its k best cells of A; union. ``combine='sum'``: an entry found from both sides has its
 value summed (value 2c), as the official implementation (sum of the two sparse tensors) does;
 ``combine='max'``: each entry keeps c, the dense correlation restricted to the union (what
-``matching.sparse_match`` uses with dense-trained consensus weights).
+``matching.sparse.match`` uses with dense-trained consensus weights).
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ def linear_keys(coords: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
 def keys_to_coords(keys: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
     """Inverse of ``linear_keys``: [N] -> [N, 4] int64."""
     _, wa, hb, wb = shape
-    l = keys % wb
+    col_b = keys % wb
     r = keys // wb
-    k = r % hb
+    row_b = r % hb
     r = r // hb
-    j = r % wa
-    i = r // wa
-    return torch.stack([i, j, k, l], dim=1)
+    col_a = r % wa
+    row_a = r // wa
+    return torch.stack([row_a, col_a, row_b, col_b], dim=1)
 
 
 def sort_unique(coords: Tensor, values: Tensor, shape: tuple[int, int, int, int],

@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from matching.correlation import feature_l2norm
-from matching.match import image_to_tensor, resized_shape
-from matching.sparse_consensus import sparse_neigh_consensus
-from matching.sparse_correlation import (
+from matching.preprocess import image_to_tensor, resized_shape
+from matching.sparse.consensus import sparse_neigh_consensus
+from matching.sparse.correlation import (
     SparseCorr4d,
     sparse_mutual_matching,
     sparse_topk_correlation,
     sparse_topk_correlation_maxpool,
 )
-from matching.sparse_extract import (
+from matching.sparse.extract import (
     extract_sparse_matches,
     hard_relocalize,
     matches_to_pixels,

@@ -20,7 +20,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from matching.sparse_correlation import linear_keys
+from matching.sparse.correlation import linear_keys
 
 
 class NeighbourMap:
