@@ -43,8 +43,7 @@ class MatchConfig:
     relocalization (sparse: mode ``reloc_mode``); sparse: Sparse-NCNet with ``top_k`` matches per cell both
     ways; refine: sub-cell NCC refinement with ``refine_options`` (radius None = one feature cell);
     max_matches: keep the best N (None = all); half: float16 consensus (CUDA); consensus: False =
-    correlation + mutual NN only; num_pairs: shortlisted database images matched per query (read by the
-    pipeline's driver, not by ``Matcher``).
+    correlation + mutual NN only.
     """
 
     weights: str | None = None
@@ -60,7 +59,6 @@ class MatchConfig:
     max_matches: int | None = None
     half: bool = False
     consensus: bool = True
-    num_pairs: int = 5
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:

@@ -39,7 +39,7 @@ from localize.core.geometry import Camera
 from localize.core.records import DbImage, load_rgb
 from matching.extract import cell_to_pixels
 from matching.features import build_features
-from matching.match import image_to_tensor, resized_shape
+from matching.preprocess import image_to_tensor, resized_shape
 from pose.pnp import PnPConfig, estimate_pose
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import torch
 from localize.core.config import from_dict
 from localize.core.errors import ConfigError
 from localize.core.geometry import Camera, Pose
-from localize.run import CONFS
+from localize.pipeline.presets import CONFS
 from matching.evaluate import depth_ground_truth, match_accuracy
 from matching.match import MatchConfig, Matcher, cli, main, match_images, read_matches_h5
 from matching.model import build_ncnet

@@ -16,6 +16,7 @@ import pytest
 from conftest import tiny_pipeline_conf
 from localize import run as runmod
 from localize.core.formats import read_query_list, write_query_list
+from localize.pipeline import workers
 from localize.pipeline.executors import LocalExecutor, make_executor
 
 ray = pytest.importorskip("ray", reason="optional extra [ray] not installed")
@@ -90,12 +91,10 @@ def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tm
     assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
 
     # nothing lost: a rerun (here with the local executor) recomputes no match and gives the same poses
-    import localize.pipeline.workers
-
     def boom(*a, **k):
         raise AssertionError("matching recomputed although cached")
 
-    monkeypatch.setattr(localize.pipeline.workers, "build_matcher", boom)
+    monkeypatch.setattr(workers, "Matcher", boom)
     runmod.main(small_conf(), qdir, db, out, "rgbd", qlist, executor=LocalExecutor())
     assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
 

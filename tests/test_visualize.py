@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from localize.core.geometry import look_at
-from localize.pipeline.visualize import camera_marker, plot_matches, write_ply
+from localize.pipeline.visualize import camera_marker, write_ply
+from matching.plot import plot_matches
 
 
 def test_ply_reads_back_in_open3d(tmp_path):

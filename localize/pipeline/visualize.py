@@ -8,44 +8,12 @@ from typing import Mapping
 
 import numpy as np
 
-from localize.core.records import DbImage, load_rgb
 from localize.core.formats import atomic_write
 from localize.core.geometry import Pose
+from localize.core.records import DbImage, load_rgb
+from matching.plot import plot_matches
 
 logger = logging.getLogger(__name__)
-
-
-def plot_matches(path: str | Path, img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
-                 scores: np.ndarray | None = None, highlight: np.ndarray | None = None, title: str = "",
-                 max_lines: int = 400) -> None:
-    """PNG of two images side by side with match lines (pixels, COLMAP convention) coloured by score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = max(img0.shape[0], img1.shape[0])
-    canvas = np.zeros((h, img0.shape[1] + img1.shape[1], 3), np.uint8)
-    canvas[: img0.shape[0], : img0.shape[1]] = img0
-    canvas[: img1.shape[0], img0.shape[1]:] = img1
-    fig, ax = plt.subplots(figsize=(12, 12 * h / canvas.shape[1] + 0.6))
-    ax.imshow(canvas)
-    n = len(kp0)
-    if n:
-        s = np.ones(n) if scores is None else np.asarray(scores, dtype=np.float64)
-        order = np.argsort(-s)[:max_lines]
-        rng = (s.max() - s.min()) or 1.0
-        cmap = plt.get_cmap("viridis")
-        for i in order[::-1]:
-            c = "red" if highlight is not None and not highlight[i] else cmap((s[i] - s.min()) / rng)
-            ax.plot([kp0[i, 0] - 0.5, kp1[i, 0] - 0.5 + img0.shape[1]], [kp0[i, 1] - 0.5, kp1[i, 1] - 0.5],
-                    color=c, lw=0.6, alpha=0.8)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def plot_query_matches(path: Path, query, database: Mapping[str, DbImage], mcache, qlog) -> None:
