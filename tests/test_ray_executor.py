@@ -99,7 +99,7 @@ def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tm
     assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
 
 
-def test_worker_errors_are_yielded_not_raised():
+def test_per_item_errors_are_yielded_programming_errors_raised():
     class Flaky:  # local class: pickled by value, so the Ray workers need not import this test module
         def __init__(self, k: int) -> None:
             if k < 0:
@@ -108,17 +108,22 @@ def test_worker_errors_are_yielded_not_raised():
 
         def __call__(self, t: int) -> dict:
             if t == 3:
-                raise ValueError("item 3 is bad")
+                raise OSError("item 3 is unreadable")
+            if t == 100:
+                raise KeyError("a bug")
             return {"y": t * self.k}
 
     ex = make_executor("ray", num_cpus=2, progress=False, num_workers=2)
     try:
         got = dict(ex.run(Flaky, (10,), list(range(6)), "flaky"))
+        # a programming error in a worker stops the run in the driver, as with the local executor
+        with pytest.raises(KeyError, match="a bug"):
+            list(ex.run(Flaky, (10,), [0, 100, 1], "buggy"))
         # a worker that cannot be built is a configuration error: raised once, not retried forever
         with pytest.raises(RuntimeError, match="negative k"):
             list(ex.run(Flaky, (-1,), [0, 1], "broken"))
     finally:
         ex.shutdown()
-    assert sorted(got) == list(range(6))
-    assert isinstance(got[3], ValueError) and "item 3" in str(got[3])
+    assert sorted(got) == list(range(6))  # tasks 0..5 at indices 0..5
+    assert isinstance(got[3], OSError) and "item 3" in str(got[3])
     assert all(got[i] == {"y": i * 10} for i in (0, 1, 2, 4, 5))
