@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "data"
 
-from localize.pipeline.presets import CONFS, PipelineConfig, resolve_conf  # noqa: E402 - after the sys.path line
+from localize.pipeline.presets import CONFS, PipelineConfig, resolve_conf
 
 
 def peak_rss_gb() -> float:
@@ -141,7 +141,7 @@ def _scaled_size_preset(scale: float) -> str:
         return INLOC_SIZE
     base = S.SIZES[INLOC_SIZE]
     name = f"{INLOC_SIZE}-x{scale:g}"
-    wh = lambda s: (max(32, round(s[0] * scale)), max(24, round(s[1] * scale)))  # noqa: E731
+    wh = lambda s: (max(32, round(s[0] * scale)), max(24, round(s[1] * scale)))
     S.SIZES.setdefault(name, replace(base, name=name, db_size=wh(base.db_size), query_size=wh(base.query_size)))
     return name
 
@@ -210,8 +210,8 @@ def _run_preset(name: str, conf: PipelineConfig, db: str, qdir: str, qlist: str,
     """(In a fresh worker process) describe the database, localize the queries, return timings and peak RSS."""
     import logging
 
-    from localize import run
     from datasets.database import load_database
+    from localize import run
     from retrieval.global_descriptors import global_descriptors, load_extractor
     from retrieval.shortlist import db_items
 
@@ -255,7 +255,6 @@ def _image_size(path: str | Path) -> list[int]:
 
 def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     """Seconds per query by stage and peak RSS of each preset at the InLoc image sizes (see the module docstring)."""
-    from localize import run
     from localize.core.formats import read_query_list, write_query_list
 
     names = [c.strip() for c in args.conf.split(",") if c.strip()]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
 CONFIGS = {"ivd": ([3, 3], [16, 1]), "pfpascal": ([5, 5, 5], [16, 16, 1])}
 

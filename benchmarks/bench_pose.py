@@ -26,13 +26,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datasets.correspondences import dense_correspondences  # noqa: E402
-from localize.core.records import load_rgb  # noqa: E402
-from datasets.tum import read_tum  # noqa: E402
-from localize.core.geometry import Pose, pose_error  # noqa: E402
-from pose.densepv import DensePVConfig, db_point_cloud, densepv_score, save_render_debug  # noqa: E402
-from pose.lifting import lift_matches  # noqa: E402
-from pose.pnp import PnPConfig, estimate_pose  # noqa: E402
+from datasets.correspondences import dense_correspondences
+from datasets.tum import read_tum
+from localize.core.geometry import Pose, pose_error
+from localize.core.records import load_rgb
+from pose.densepv import DensePVConfig, db_point_cloud, densepv_score, save_render_debug
+from pose.lifting import lift_matches
+from pose.pnp import PnPConfig, estimate_pose
 
 
 def perturb(pose: Pose, dpos=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis=(0.0, 1.0, 0.0)) -> Pose:

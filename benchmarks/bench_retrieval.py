@@ -56,8 +56,8 @@ def _recalls(pairs: dict, correct, ks=(1, 5, 10)) -> dict:
 
 def bench_speed() -> None:
     """Descriptors per second (weight-free default; VGG16-NetVLAD with random weights)."""
-    from localize.core.records import load_rgb
     from datasets.tum import read_tum
+    from localize.core.records import load_rgb
     from retrieval.global_descriptors import load_extractor
     from retrieval.netvlad import NetVLADModel
 

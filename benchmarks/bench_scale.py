@@ -44,9 +44,8 @@ def bench_ray(args) -> dict:
     from datasets.synthetic import ensure_dataset
     from localize import run as runmod
     from localize.pipeline.executors import LocalExecutor
-    from localize.pipeline.ray_executor import RayExecutor
-
     from localize.pipeline.presets import preset
+    from localize.pipeline.ray_executor import RayExecutor
 
     conf = preset("fast")
     conf["retrieval"]["top_k"] = 3
@@ -115,7 +114,8 @@ def bench_index(args) -> dict:
     qr /= np.linalg.norm(qr, axis=1, keepdims=True)
     # 2. one pass: generate a block, update exact top-k (4096-D and reduced), reduce, add
     k = 10
-    ex_s = np.full((args.nq, 0), -np.inf, np.float32); ex_i = np.zeros((args.nq, 0), np.int64)
+    ex_s = np.full((args.nq, 0), -np.inf, np.float32)
+    ex_i = np.zeros((args.nq, 0), np.int64)
     rd_s, rd_i = ex_s.copy(), ex_i.copy()
     t_gen = t_exact = t_add = 0.0
     for b, start in enumerate(range(0, args.n, args.block)):

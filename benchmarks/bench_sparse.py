@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 SIZES = [(25, 25), (50, 38), (100, 75)]
 SPARSE_ONLY = [(200, 150)]
@@ -46,7 +46,7 @@ def maxrss_mb() -> float:
 def tum_images() -> tuple[np.ndarray, np.ndarray]:
     root = ROOT.parent / "shared" / "data" / "tum_fr1_xyz"
     if not root.exists():
-        root = Path("/work/shared/data/tum_fr1_xyz")
+        root = ROOT.parent / "shared" / "data" / "tum_fr1_xyz"
     try:
         from datasets.tum import read_tum_frames
         from localize.core.records import load_rgb
@@ -295,9 +295,9 @@ def run_accuracy(args) -> dict:
 
     variants = tuple(args.variants)
     methods = accuracy_methods(args.image_size, variants)
-    tum = Path("/work/shared/data/tum_fr1_xyz")
+    tum = ROOT.parent / "shared" / "data" / "tum_fr1_xyz"
     res_tum = evaluate_tum(tum, methods, gaps=tuple(args.gaps), n_pairs=args.pairs)
-    print("TUM fr1/xyz (dense-rootsift step 8, image size %d)\n" % args.image_size + format_table(res_tum),
+    print(f"TUM fr1/xyz (dense-rootsift step 8, image size {args.image_size})\n" + format_table(res_tum),
           file=sys.stderr, flush=True)
     syn = {name: [] for name in methods}
     for img_a, img_b, gt in synthetic_pairs(args.synthetic_pairs):

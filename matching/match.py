@@ -141,7 +141,7 @@ def write_matches_h5(path: str | Path, matches: dict[str, np.ndarray], attrs: di
 def read_matches_h5(path: str | Path) -> dict[str, np.ndarray]:
     """Read back ``write_matches_h5``'s datasets."""
     with h5py.File(path, "r") as f:
-        return {key: f[key][()] for key in f.keys()}
+        return {key: f[key][()] for key in f}
 
 
 def main(conf: MatchConfig, image_a: str | Path, image_b: str | Path, out: str | Path | None = None,

@@ -122,7 +122,7 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0) -> np.ndarray:
     if len(x) < k:
         raise ValueError(f"k-means needs at least {k} descriptors, got {len(x)}")
     try:
-        import faiss  # noqa: F401
+        import faiss
     except ImportError:
         faiss = None
     if faiss is not None:

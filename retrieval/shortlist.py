@@ -146,10 +146,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            logger.error("--device cuda but torch sees no GPU")
-            return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        logger.error("--device cuda but torch sees no GPU")
+        return 2
     export = Path(args.export_dir) if args.export_dir else Path(args.out).resolve().parent / "retrieval-cache"
     try:
         pairs = main(args.conf, args.db, args.queries, export, args.top_k, args.out, args.db_format,

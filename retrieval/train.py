@@ -100,7 +100,7 @@ def precompute_features(records: Sequence[DbImage], feat_conf: RetrievalConfig, 
     for r in tqdm(records, desc="train: local features", unit="img"):
         x = dense_local_features(load_rgb(r.image_path), feat_conf)
         L = x.shape[1]
-        idx = rng.choice(L, max_locations, replace=L < max_locations)
+        idx = rng.choice(L, max_locations, replace=max_locations > L)
         out.append(x[:, torch.from_numpy(np.sort(idx))])
     return torch.stack(out)
 

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from localize.core.cache import StageCache
-from localize.core.formats import (PoseEntry, atomic_write, read_pairs, read_poses, read_query_list, write_pairs,
-                              write_poses, write_query_list)
+from localize.core.formats import (
+    PoseEntry,
+    atomic_write,
+    read_pairs,
+    read_poses,
+    read_query_list,
+    write_pairs,
+    write_poses,
+    write_query_list,
+)
 from localize.core.geometry import Camera, Pose, look_at
 
 
@@ -41,10 +49,9 @@ def test_query_list_and_pairs_roundtrip(tmp_path):
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_write(tmp_path / "x.txt") as f:
-            f.write("partial")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "x.txt") as f:
+        f.write("partial")
+        raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -104,6 +111,6 @@ def test_killed_write_leaves_no_visible_entry(tmp_path):
     assert c.has("done")
     if c.has("huge"):
         assert c.get("huge")["x"].shape == (4000, 4000)
-    assert all(k in ("done", "huge") for k in c.keys())
+    assert all(k in ("done", "huge") for k in c.keys())  # noqa: SIM118 - StageCache.keys() is the API under test
     c.finalize()
     assert StageCache(tmp_path, "s", {"v": 1}).get("done")["x"].sum() == 3

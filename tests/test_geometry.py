@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from localize.core.geometry import (Camera, Pose, depth_to_world, look_at, matrix_to_quat_wxyz, pose_error,
-                               project_world, quat_wxyz_to_matrix, xyzw_to_wxyz)
+from localize.core.geometry import (
+    Camera,
+    Pose,
+    depth_to_world,
+    look_at,
+    matrix_to_quat_wxyz,
+    pose_error,
+    project_world,
+    quat_wxyz_to_matrix,
+    xyzw_to_wxyz,
+)
 
 
 def test_quaternion_matches_scipy():

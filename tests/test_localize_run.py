@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import tiny_pipeline_conf
+
 from localize import run as runmod
 from localize.core.errors import ConfigError
 from localize.core.formats import read_poses, read_query_list, write_query_list

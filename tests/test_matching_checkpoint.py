@@ -25,7 +25,7 @@ NUMPY1_NAMES = {"numpy._core.multiarray": "numpy.core.multiarray", "numpy._core.
 class Numpy1Pickler(pickle._Pickler):
     """Pure-python pickler that writes numpy-2 globals under their numpy-1 module names (release-era files)."""
 
-    def save_global(self, obj: object, name: str | None = None) -> None:  # noqa: D102
+    def save_global(self, obj: object, name: str | None = None) -> None:
         module = getattr(obj, "__module__", None)
         if module in NUMPY1_NAMES:
             qualname = name or obj.__qualname__
@@ -39,7 +39,7 @@ NUMPY1_PICKLE = types.SimpleNamespace(Pickler=Numpy1Pickler, dump=pickle.dump, l
                                       Unpickler=pickle.Unpickler, __name__="numpy1_pickle")
 
 
-def official_consensus_state(kernels: list[int], channels: list[int], gen: torch.Generator) -> "OrderedDict":
+def official_consensus_state(kernels: list[int], channels: list[int], gen: torch.Generator) -> OrderedDict:
     """Random NeighConsensus tensors in the stored (k, out, in, k, k, k) layout."""
     sd: OrderedDict = OrderedDict()
     cin = 1

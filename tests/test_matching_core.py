@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_matching_reference import (
+    ref_consensus,
+    ref_conv4d,
+    ref_correlation,
+    ref_l2norm,
+    ref_matches,
+    ref_maxpool4d,
+    ref_mutual,
+)
 
 from matching.consensus import NeighConsensus
 from matching.conv4d import METHODS, conv4d
@@ -12,8 +21,6 @@ from matching.correlation import correlation_4d, correlation_4d_maxpool, feature
 from matching.extract import extract_matches
 from matching.mutual import mutual_matching
 from matching.relocalize import maxpool4d, relocalize_indices, unravel_offsets
-from test_matching_reference import (ref_consensus, ref_conv4d, ref_correlation, ref_l2norm, ref_matches,
-                                      ref_maxpool4d, ref_mutual)
 
 SIZES = (3, 5, 4, 7)  # odd, unequal hA, wA, hB, wB
 

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from matching.pairs import detect_layout, load_pairs, positive_pairs, read_pair_csv
-from matching.train import (TrainConfig, arrange_batch, make_batches, matching_score, parse_config, place_key,
-                            roll_negatives, train, weak_loss)
+from matching.train import (
+    TrainConfig,
+    arrange_batch,
+    make_batches,
+    matching_score,
+    parse_config,
+    place_key,
+    roll_negatives,
+    train,
+    weak_loss,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

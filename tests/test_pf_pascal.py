@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from matching.eval_pf_pascal import (dense_matches_b_to_a, evaluate_pf_pascal, cli, pair_pck,
-                                     transfer_keypoints)
+from matching.eval_pf_pascal import cli, dense_matches_b_to_a, evaluate_pf_pascal, pair_pck, transfer_keypoints
 from matching.pairs import detect_layout, read_pair_csv
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -40,7 +39,7 @@ def write_folder(root: Path, dx: int = 36, dy: int = 20) -> list[tuple[np.ndarra
         rng = np.random.default_rng(10 + n)
         kb = np.stack([rng.uniform(20, 240 - dx - 20, 8), rng.uniform(20, 200 - dy - 20, 8)], 1)
         ka = kb + [dx, dy]
-        f = lambda v: ";".join(f"{x:.6f}" for x in v)  # noqa: E731
+        f = lambda v: ";".join(f"{x:.6f}" for x in v)
         rows.append(f"{a},{b},{n + 1},{f(ka[:, 0])},{f(ka[:, 1])},{f(kb[:, 0])},{f(kb[:, 1])}")
         truth.append((ka, kb))
     (root / "test_pairs.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from test_pose_scene import default_camera, make_textures, query_and_db_poses, render_room
 
 from datasets.correspondences import dense_correspondences
-from localize.core.records import DbImage
 from datasets.rgbd_folder import write_image, write_rgbd_folder
-from localize.core.formats import read_poses, write_query_list
-from localize.core.geometry import depth_to_world, look_at, pose_error
-import json
-
 from localize.core.errors import ConfigError
-from localize.core.geometry import Pose
-from pose.candidates import (POOLED_NAME, Candidate, CandidatesConfig, PairMatches, candidates_config,
-                             candidates_from_record, candidates_to_record, choose_pose, estimate_candidates)
-from pose.estimate import EstimateConfig
+from localize.core.formats import read_poses, write_query_list
+from localize.core.geometry import Pose, depth_to_world, look_at, pose_error
+from localize.core.records import DbImage
+from pose.candidates import (
+    POOLED_NAME,
+    Candidate,
+    CandidatesConfig,
+    PairMatches,
+    candidates_config,
+    candidates_from_record,
+    candidates_to_record,
+    choose_pose,
+    estimate_candidates,
+)
+from pose.estimate import EstimateConfig, read_matches
 from pose.estimate import cli as estimate_cli
 from pose.estimate import main as estimate_main
-from pose.estimate import read_matches
 from pose.pnp import PnPConfig, PoseResult
-from test_pose_scene import default_camera, make_textures, query_and_db_poses, render_room
 
 CAM = default_camera()
 

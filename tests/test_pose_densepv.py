@@ -6,16 +6,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from localize.core.records import DbImage
-from localize.core.geometry import Camera, Pose, depth_to_world
-import datasets.synthetic
-from pose.candidates import Candidate
-from localize.core.errors import ConfigError
-from pose.densepv import (DensePVConfig, densepv_config, densepv_score, order_by_densepv, point_source,
-                          render_points, render_size, save_render_debug, scan_point_source)
-from pose.pnp import PoseResult
 from test_pose_scene import default_camera, make_textures, perturb, query_and_db_poses, render_room
+
+import datasets.synthetic
+from localize.core.errors import ConfigError
+from localize.core.geometry import Camera, Pose, depth_to_world
+from localize.core.records import DbImage
+from pose.candidates import Candidate
+from pose.densepv import (
+    DensePVConfig,
+    densepv_config,
+    densepv_score,
+    order_by_densepv,
+    point_source,
+    render_points,
+    render_size,
+    save_render_debug,
+    scan_point_source,
+)
+from pose.pnp import PoseResult
 
 CAM = default_camera()
 PERTURBATIONS = {
@@ -83,7 +92,7 @@ def test_order_by_densepv_picks_true_pose(room, tmp_path: Path) -> None:
 
     def source(names):
         if names == ["broken"]:
-            raise IOError("depth map missing")
+            raise OSError("depth map missing")
         return P, C
 
     ranked = order_by_densepv(q_rgb, CAM, cands, source, DensePVConfig(target_size=256), save_dir=tmp_path / "r", query_name="q/1.png")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from localize.core.records import DbImage
-from localize.core.geometry import Camera, Pose, depth_to_world, look_at
 import datasets.inloc
 import datasets.tum
+from localize.core.geometry import Camera, Pose, depth_to_world, look_at
+from localize.core.records import DbImage
 from pose.lifting import lift_matches, lift_points
 
 CAM = Camera.pinhole(160, 120, 150.0, cx=81.0, cy=59.5)

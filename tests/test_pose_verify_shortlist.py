@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from localize.core.errors import ConfigError
-from pose.verify_shortlist import VerifyConfig, ShortlistVerifier, cell_centers, mutual_nn, verify_config, verify_shortlist
+from pose.verify_shortlist import (
+    ShortlistVerifier,
+    VerifyConfig,
+    cell_centers,
+    mutual_nn,
+    verify_config,
+    verify_shortlist,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,9 +71,9 @@ def _far_views(tiny: Path, query: str, n: int) -> list[str]:
 
 
 def test_verifier_ranks_the_overlapping_view_first(tiny):
-    from localize.core.records import load_rgb
-    from localize.core.formats import read_query_list
     from datasets.database import load_database
+    from localize.core.formats import read_query_list
+    from localize.core.records import load_rgb
 
     db = load_database(tiny / "db", "rgbd")
     cams = read_query_list(tiny / "queries" / "queries_with_intrinsics.txt")

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_pipeline_conf
+
 from localize import run as runmod
 from localize.core.formats import read_query_list, write_query_list
 from localize.pipeline import workers

@@ -143,11 +143,9 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, backend):
 def test_atomic_write_rejects_partial_modes(tmp_path):
     from localize.core.formats import atomic_path, atomic_write
 
-    with pytest.raises(ValueError, match="mode"):
-        with atomic_write(tmp_path / "x", "a"):
-            pass
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "y") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("writer failed")
+    with pytest.raises(ValueError, match="mode"), atomic_write(tmp_path / "x", "a"):
+        pass
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "y") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
     assert list(tmp_path.iterdir()) == []

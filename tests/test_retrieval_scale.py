@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
-faiss = pytest.importorskip("faiss")
 
 from localize.core.cache import StageCache
 from retrieval import scale

@@ -55,7 +55,7 @@ def test_tum_shortlist_recall_and_cache(tmp_path, monkeypatch):
     assert r1 >= 0.5 and r5 >= 0.8, (r1, r5)  # random @1 is ~13 %
     written = read_pairs(tmp_path / "pairs.txt")
     assert list(written) == [q.name for q in queries]
-    for q, lst in written.items():
+    for lst in written.values():
         scores = [s for _, s in lst]
         assert len(lst) == 5 and scores == sorted(scores, reverse=True)
     # a rerun reuses the vocabulary and every descriptor: nothing is computed

@@ -277,8 +277,8 @@ def test_sparse_accuracy_close_to_dense_tum(tum_root, trained_ncnet):
     comparison: ``benchmarks/bench_match_accuracy.py``."""
     from datasets.rgbd_folder import read_depth_png
     from datasets.tum import TUM_DEPTH_SCALE, TUM_FR1_CALIBRATED, read_tum_frames
-    from matching.evaluate import depth_ground_truth
     from localize.core.records import load_rgb
+    from matching.evaluate import depth_ground_truth
 
     frames = read_tum_frames(tum_root)
     for ia, ib in ((16, 17), (50, 51)):

@@ -294,7 +294,7 @@ def furnish(B: Builder, room: Room, rng: np.random.Generator, models: dict[str, 
             else:
                 surf, w, h, zc = M.whiteboard, 1.5, 1.0, 1.5
             L = wall_len[front]
-            if L < w + 0.4:
+            if w + 0.4 > L:
                 continue
             pos = 0.2 + frac * (L - w - 0.4)
             if any(f == front and not (pos + w + 0.1 <= a or b + 0.1 <= pos) for f, a, b in tall + deco_used):

@@ -19,8 +19,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -95,7 +96,7 @@ class StageCache:
     """Results of one stage for one configuration; entries keyed by image or pair name."""
 
     def __init__(self, export_dir: str | Path, stage: str, conf: Mapping[str, Any],
-                 depends: Iterable["StageCache | str"] = ()) -> None:
+                 depends: Iterable[StageCache | str] = ()) -> None:
         self.stage = stage
         self.conf = _jsonable(dict(conf))
         deps = [d.hash if isinstance(d, StageCache) else str(d) for d in depends]

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -92,30 +92,30 @@ class Pose:
 
     # constructors ----------------------------------------------------------
     @classmethod
-    def identity(cls) -> "Pose":
+    def identity(cls) -> Pose:
         """The identity pose (camera at the world origin looking along +z)."""
         return cls(np.eye(3), np.zeros(3))
 
     @classmethod
-    def from_qvec_tvec(cls, qvec_wxyz: Sequence[float], tvec: Sequence[float]) -> "Pose":
+    def from_qvec_tvec(cls, qvec_wxyz: Sequence[float], tvec: Sequence[float]) -> Pose:
         """World-to-camera pose from a (w, x, y, z) quaternion and translation."""
         return cls(quat_wxyz_to_matrix(qvec_wxyz), np.asarray(tvec, dtype=np.float64))
 
     @classmethod
-    def from_matrix(cls, P: np.ndarray) -> "Pose":
+    def from_matrix(cls, P: np.ndarray) -> Pose:
         """World-to-camera pose from a 3x4 [R|t] or 4x4 matrix (InLoc ``P``)."""
         P = np.asarray(P, dtype=np.float64)
         return cls(P[:3, :3], P[:3, 3])
 
     @classmethod
-    def from_cam_to_world(cls, R_c2w: np.ndarray, C: Sequence[float]) -> "Pose":
+    def from_cam_to_world(cls, R_c2w: np.ndarray, C: Sequence[float]) -> Pose:
         """World-to-camera pose from a camera-to-world rotation and the camera centre (TUM)."""
         R_c2w = np.asarray(R_c2w, dtype=np.float64)
         C = np.asarray(C, dtype=np.float64)
         return cls(R_c2w.T, -R_c2w.T @ C)
 
     @classmethod
-    def from_tum(cls, txyz: Sequence[float], qxyzw: Sequence[float]) -> "Pose":
+    def from_tum(cls, txyz: Sequence[float], qxyzw: Sequence[float]) -> Pose:
         """World-to-camera pose from a TUM line (camera-to-world: translation, quaternion x,y,z,w)."""
         return cls.from_cam_to_world(quat_wxyz_to_matrix(xyzw_to_wxyz(qxyzw)), txyz)
 
@@ -142,11 +142,11 @@ class Pose:
         """3x4 [R|t] world-to-camera matrix (InLoc convention)."""
         return self.matrix[:3]
 
-    def inverse(self) -> "Pose":
+    def inverse(self) -> Pose:
         """The inverse transform (camera-to-world as a Pose object)."""
         return Pose(self.R.T, -self.R.T @ self.t)
 
-    def __mul__(self, other: "Pose") -> "Pose":
+    def __mul__(self, other: Pose) -> Pose:
         """Composition: (self * other)(x) = self(other(x))."""
         return Pose(self.R @ other.R, self.R @ other.t + self.t)
 
@@ -190,7 +190,7 @@ class Camera:
 
     @classmethod
     def pinhole(cls, width: int, height: int, fx: float, fy: float | None = None,
-                cx: float | None = None, cy: float | None = None) -> "Camera":
+                cx: float | None = None, cy: float | None = None) -> Camera:
         """Pinhole camera; principal point defaults to the image centre (W/2, H/2)."""
         cx = width / 2.0 if cx is None else cx
         cy = height / 2.0 if cy is None else cy
@@ -231,7 +231,7 @@ class Camera:
         """True when any distortion coefficient is non-zero."""
         return bool(np.any(self.distortion != 0))
 
-    def scaled(self, width: int, height: int) -> "Camera":
+    def scaled(self, width: int, height: int) -> Camera:
         """The same camera for the image resized to width x height (distortion unchanged)."""
         sx, sy = width / self.width, height / self.height
         names = CAMERA_MODELS[self.model]
@@ -249,11 +249,11 @@ class Camera:
             new.append(v)
         return Camera(self.model, width, height, tuple(new))
 
-    def _as_two_focal(self) -> "Camera":
+    def _as_two_focal(self) -> Camera:
         p = self._p
         if self.model == "SIMPLE_PINHOLE":
             return Camera("PINHOLE", self.width, self.height, (p["f"], p["f"], p["cx"], p["cy"]))
-        if self.model in ("SIMPLE_RADIAL", "RADIAL"):  # noqa: SIM102
+        if self.model in ("SIMPLE_RADIAL", "RADIAL"):
             return Camera("OPENCV", self.width, self.height,
                           (p["f"], p["f"], p["cx"], p["cy"], p.get("k", p.get("k1", 0.0)), p.get("k2", 0.0), 0.0, 0.0))
         return self
@@ -319,7 +319,7 @@ class Camera:
         return " ".join([self.model, str(self.width), str(self.height)] + [repr(float(p)) for p in self.params])
 
     @classmethod
-    def from_tokens(cls, tokens: Sequence[str]) -> "Camera":
+    def from_tokens(cls, tokens: Sequence[str]) -> Camera:
         """Parse ['MODEL', 'W', 'H', params...]."""
         model, w, h, *params = tokens
         return cls(model, int(w), int(h), tuple(float(p) for p in params))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -82,15 +82,15 @@ def load_rgb(path: str | Path) -> np.ndarray:
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise IOError(f"cannot read image {path}: {e}") from e
+        raise OSError(f"cannot read image {path}: {e}") from e
     # OpenCV decodes truncated files into partly grey images with only a warning: refuse them
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        raise IOError(f"image {path} is truncated (JPEG without end-of-image marker)")
+        raise OSError(f"image {path} is truncated (JPEG without end-of-image marker)")
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
-        raise IOError(f"image {path} is truncated (PNG without IEND chunk)")
+        raise OSError(f"image {path} is truncated (PNG without IEND chunk)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
-        raise IOError(f"cannot read image {path} (missing, truncated or not an image)")
+        raise OSError(f"cannot read image {path} (missing, truncated or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -250,7 +251,7 @@ class RayExecutor:
             self.ray.shutdown()
         self._owns_ray = False
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:

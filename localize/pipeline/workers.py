@@ -17,8 +17,13 @@ from datasets.database import load_database
 from localize.core.geometry import Camera
 from localize.core.records import load_rgb
 from matching.match import MatchConfig, Matcher
-from pose.candidates import CandidatesConfig, PairMatches, candidates_from_record, candidates_to_record, \
-    estimate_candidates
+from pose.candidates import (
+    CandidatesConfig,
+    PairMatches,
+    candidates_from_record,
+    candidates_to_record,
+    estimate_candidates,
+)
 from pose.densepv import DensePVConfig, order_by_densepv
 
 
