@@ -18,12 +18,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from localize.core.formats import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,13 @@ def _build(cxx: str) -> Path:
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         log.info("compiling the native 4D convolution (%s %s) into %s", Path(cxx).name, " ".join(flags), out)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
-        os.close(fd)
-        res = subprocess.run([cxx, *flags, *BASE_FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                             check=False)
-        if res.returncode == 0:
-            os.replace(tmp, out)  # atomic: a concurrent or interrupted build never leaves a half-written library
+        try:  # atomic: a concurrent or interrupted build never leaves a half-written library
+            with atomic_path(out) as tmp:
+                subprocess.run([cxx, *flags, *BASE_FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True,
+                               text=True, check=True)
             return out
-        os.unlink(tmp)
-        errors.append(f"{' '.join(flags)}: {res.stderr.strip()[-500:]}")
+        except subprocess.CalledProcessError as e:
+            errors.append(f"{' '.join(flags)}: {e.stderr.strip()[-500:]}")
     raise RuntimeError("could not compile " + str(SOURCE) + ": " + " | ".join(errors))
 
 

@@ -18,13 +18,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from localize.core.formats import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -161,19 +162,10 @@ class StageCache:
 
     def put(self, key: str, data: Mapping[str, Any]) -> None:
         """Store arrays (numpy-convertible), strings (attributes) and nested dicts under ``key``, atomically."""
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.parts_dir)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                self._attrs(f)
-                f.attrs["__key__"] = key
-                _write_group(f.create_group("entry"), data)
-            os.replace(tmp, self._part(key))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(self._part(key)) as tmp, h5py.File(tmp, "w") as f:
+            self._attrs(f)
+            f.attrs["__key__"] = key
+            _write_group(f.create_group("entry"), data)
 
     def finalize(self) -> Path:
         """Merge all parts into ``<stage>-<hash>.h5`` (atomic) and delete them; returns the file path."""
@@ -183,30 +175,21 @@ class StageCache:
         if not parts and self.path.exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             return self.path
-        self.export_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.export_dir)
-        os.close(fd)
         keys = set(self._merged())
-        try:
-            with h5py.File(tmp, "w") as out:
-                self._attrs(out)
-                if self.path.exists():
-                    with h5py.File(self.path, "r") as old:
-                        for k in keys:
-                            old.copy(old[_group_name(k)], out, name=_group_name(k))
-                for p in parts:
-                    with h5py.File(p, "r") as f:
-                        k = f.attrs["__key__"]
-                        if _group_name(k) in out:
-                            del out[_group_name(k)]
-                        f.copy(f["entry"], out, name=_group_name(k))
-                        keys.add(k)
-                out.attrs["keys"] = json.dumps(sorted(keys))
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
+            self._attrs(out)
+            if self.path.exists():
+                with h5py.File(self.path, "r") as old:
+                    for k in keys:
+                        old.copy(old[_group_name(k)], out, name=_group_name(k))
+            for p in parts:
+                with h5py.File(p, "r") as f:
+                    k = f.attrs["__key__"]
+                    if _group_name(k) in out:
+                        del out[_group_name(k)]
+                    f.copy(f["entry"], out, name=_group_name(k))
+                    keys.add(k)
+            out.attrs["keys"] = json.dumps(sorted(keys))
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._merged_keys = keys
         return self.path
