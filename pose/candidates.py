@@ -2,9 +2,9 @@
 
 Flow for one query: per shortlisted DB image, keep matches with score >= ``min_match_score``,
 lift their DB pixels to world points (``pose.lifting``), then
-* ``rerank_by="matches"`` (InLoc): re-rank the shortlist by the number of lifted matches, keep the
+* ``order_by="matches"`` (InLoc): order the shortlisted images by the number of lifted matches, keep the
   top ``top_n`` and run PnP on each;
-* ``rerank_by="inliers"``: run PnP on every shortlisted image and keep the ``top_n`` with most
+* ``order_by="inliers"``: run PnP on every shortlisted image and keep the ``top_n`` with most
   inliers.
 With ``pooled=True`` one more candidate (``db_name="<pooled>"``) is estimated from all kept images'
 2D–3D matches in a single PnP. Candidates are returned best first (successful, most inliers).
@@ -34,7 +34,7 @@ from pose.pnp import PnPConfig, PoseResult, estimate_pose
 logger = logging.getLogger(__name__)
 
 POOLED_NAME = "<pooled>"
-RERANK_BY = ("matches", "inliers")
+ORDER_BY = ("matches", "inliers")
 
 
 @dataclass
@@ -62,15 +62,15 @@ class CandidatesConfig:
     """Candidate generation settings (top_n after re-ranking, match-score threshold, pooled PnP)."""
 
     top_n: int = 10
-    rerank_by: str = "matches"  # "matches" (InLoc) or "inliers"
+    order_by: str = "matches"  # "matches" (InLoc) or "inliers"
     min_match_score: float = 0.0
     pooled: bool = False
     pooled_only: bool = False  # with pooled=True: skip the per-image candidates
     pnp: PnPConfig = field(default_factory=PnPConfig)
 
     def __post_init__(self) -> None:
-        if self.rerank_by not in RERANK_BY:
-            raise ValueError(f"unknown rerank_by {self.rerank_by!r} (use 'matches' or 'inliers')")
+        if self.order_by not in ORDER_BY:
+            raise ValueError(f"unknown order_by {self.order_by!r} (use 'matches' or 'inliers')")
 
 
 def candidates_config(conf: Mapping[str, Any] | CandidatesConfig | None) -> CandidatesConfig:
@@ -153,12 +153,12 @@ def estimate_candidates(camera: Camera, matches: Iterable[PairMatches], db: Mapp
     conf = conf or CandidatesConfig()
     matches = list(matches)
     lifted = [_lift_one(pm, db.get(pm.db_name), conf.min_match_score) for pm in matches]
-    if conf.rerank_by == "matches":
+    if conf.order_by == "matches":
         # stable sort: ties keep the retrieval order
         order = sorted(range(len(lifted)), key=lambda i: -len(lifted[i].p2))
         kept = [lifted[i] for i in order[: conf.top_n]]
         cands = [] if (conf.pooled and conf.pooled_only) else [_candidate(lf, camera, conf.pnp) for lf in kept]
-    elif conf.rerank_by == "inliers":
+    elif conf.order_by == "inliers":
         allc = [_candidate(lf, camera, conf.pnp) for lf in lifted]
         allc.sort(key=_sort_key)
         cands = allc[: conf.top_n]
@@ -167,7 +167,7 @@ def estimate_candidates(camera: Camera, matches: Iterable[PairMatches], db: Mapp
         if conf.pooled and conf.pooled_only:
             cands = []
     else:
-        raise ValueError(f"unknown rerank_by {conf.rerank_by!r} (use {' or '.join(map(repr, RERANK_BY))})")
+        raise ValueError(f"unknown order_by {conf.order_by!r} (use {' or '.join(map(repr, ORDER_BY))})")
     if conf.pooled and kept:
         good = [lf for lf in kept if not lf.error and len(lf.p2)]
         p2 = np.concatenate([lf.p2 for lf in good]) if good else np.zeros((0, 2))

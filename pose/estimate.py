@@ -5,7 +5,7 @@ Usage::
     python -m pose.estimate --db DB --db-format rgbd|tum|inloc --matches MATCHES \
         --queries-list queries_with_intrinsics.txt --query-dir QUERY_DIR --out poses.txt \
         [--densepv] [--save-renders DIR] [--backend pycolmap|opencv] [--max-error PX] \
-        [--top-n 10] [--rerank-by matches|inliers] [--pooled] [--min-score S]
+        [--top-n 10] [--order-by matches|inliers] [--pooled] [--min-score S]
 
 Match files (``MATCHES`` is one ``.h5`` file or a directory searched recursively for ``*.h5``):
 every HDF5 group holding the datasets ``keypoints0`` (query pixels N x 2, COLMAP convention:
@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-inliers", type=int, default=PnPConfig.min_inliers)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-n", type=int, default=10)
-    p.add_argument("--rerank-by", default="matches", choices=("matches", "inliers"))
+    p.add_argument("--order-by", "--rerank-by", dest="order_by", default="matches", choices=("matches", "inliers"),
+                   help="order of the shortlisted images before top-n: lifted matches (InLoc) or PnP inliers "
+                        "(--rerank-by: the former name)")
     p.add_argument("--pooled", action="store_true", help="add one PnP over all kept images' matches")
     p.add_argument("--min-score", type=float, default=0.0, help="drop matches with a lower score")
     p.add_argument("--render-size", type=int, default=DensePVConfig.target_size,
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The ``EstimateConfig`` dict of parsed command-line arguments."""
     use_dpv = args.densepv or args.save_renders is not None
-    return {"candidates": {"top_n": args.top_n, "rerank_by": args.rerank_by, "min_match_score": args.min_score,
+    return {"candidates": {"top_n": args.top_n, "order_by": args.order_by, "min_match_score": args.min_score,
                            "pooled": args.pooled,
                            "pnp": {"backend": args.backend, "max_error": args.max_error,
                                    "min_inliers": args.min_inliers, "seed": args.seed}},

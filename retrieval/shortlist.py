@@ -34,9 +34,9 @@ from retrieval.index import build_index
 logger = logging.getLogger(__name__)
 
 
-def list_query_images(queries: str | Path | Sequence[tuple[str, Path]],
-                      query_dir: str | Path | None = None) -> list[tuple[str, Path]]:
-    """Queries as (name, path): a directory (recursive, names relative to it), a query list file, or pairs."""
+def query_items(queries: str | Path | Sequence[tuple[str, Path]],
+                query_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Queries as (name, path): a directory (recursive, names relative to it; ``datasets.queries.image_files``), a query list file, or pairs."""
     if not isinstance(queries, (str, Path)):
         return [(str(n), Path(p)) for n, p in queries]
     q = Path(queries)
@@ -92,7 +92,7 @@ def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Seque
     dbi = db_items(records)
     if not dbi:
         raise DatabaseError(f"database {db} has no images")
-    qi = list_query_images(queries, query_dir)
+    qi = query_items(queries, query_dir)
     t0 = time.time()
     ext = load_extractor(conf, dbi, export_dir, device)
     db_desc = global_descriptors(ext, dbi, export_dir, role="db")

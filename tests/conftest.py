@@ -36,6 +36,16 @@ def inloc_shared() -> Path:
     return shared_path("inloc")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reads ../shared/data (its fixtures or ``shared_path``) as ``realdata``."""
+    for item in items:
+        uses_fixture = {"tum_root", "inloc_shared"} & set(getattr(item, "fixturenames", ()))
+        source = getattr(getattr(item, "function", None), "__code__", None)
+        calls_helper = source is not None and "shared_path" in source.co_names
+        if uses_fixture or calls_helper:
+            item.add_marker(pytest.mark.realdata)
+
+
 @pytest.fixture(scope="session")
 def tiny_building(tmp_path_factory) -> Path:
     """The tiny synthetic building (seed 0), generated once per test session; read-only for tests."""

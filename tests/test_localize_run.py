@@ -23,6 +23,7 @@ from localize.evaluate_inloc import evaluate
 from localize.pipeline import workers
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end-to-end runs of the pipeline
 
 
 def tiny_conf() -> dict:

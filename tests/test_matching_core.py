@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_matching_reference import (
+from reference_matching import (
     ref_consensus,
     ref_conv4d,
     ref_correlation,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_matching_reference import ref_consensus, ref_conv4d
+from reference_matching import ref_consensus, ref_conv4d
 
 from matching import native
 from matching.consensus import NeighConsensus

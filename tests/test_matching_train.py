@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
 from matching.pairs import detect_layout, load_pairs, positive_pairs, read_pair_csv
 from matching.train import (
@@ -21,8 +22,6 @@ from matching.train import (
     train,
     weak_loss,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def plain_score(corr: np.ndarray) -> np.ndarray:
@@ -143,9 +142,7 @@ def test_synthetic_layout_reader(tmp_path: Path) -> None:
 
 
 def test_shared_pfpascal_and_ivd_readers() -> None:
-    pf, ivd = SHARED / "pfpascal", SHARED / "ivd" / "val_pairs_head200.csv"
-    if not pf.exists() or not ivd.exists():
-        pytest.skip("shared pair files absent")
+    pf, ivd = shared_path("pfpascal"), shared_path("ivd", "val_pairs_head200.csv")
     test = read_pair_csv(pf / "test_pairs.csv")
     assert detect_layout(pf / "test_pairs.csv") == "pfpascal" and len(test) == 299
     assert test[0].keypoints_a.shape[1] == 2 and test[0].source.startswith("PF-dataset-PASCAL/")

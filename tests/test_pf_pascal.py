@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
 from matching.eval_pf_pascal import cli, dense_matches_b_to_a, evaluate_pf_pascal, pair_pck, transfer_keypoints
 from matching.pairs import detect_layout, read_pair_csv
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEADER = "source_image,target_image,class,XA,YA,XB,YB"
 
 
@@ -46,13 +46,15 @@ def write_folder(root: Path, dx: int = 36, dy: int = 20) -> list[tuple[np.ndarra
     return truth
 
 
-def test_layout_matches_shared_file(tmp_path: Path) -> None:
+def test_layout_detected(tmp_path: Path) -> None:
     write_folder(tmp_path)
-    mine = (tmp_path / "test_pairs.csv").read_text().splitlines()[0]
-    ref = SHARED / "pfpascal" / "test_pairs.csv"
-    if ref.exists():
-        assert mine == ref.read_text().splitlines()[0]
     assert detect_layout(tmp_path / "test_pairs.csv") == "pfpascal"
+
+
+def test_layout_matches_shared_file(tmp_path: Path) -> None:
+    ref = shared_path("pfpascal", "test_pairs.csv")
+    write_folder(tmp_path)
+    assert (tmp_path / "test_pairs.csv").read_text().splitlines()[0] == ref.read_text().splitlines()[0]
 
 
 def test_transfer_identity_and_pck() -> None:
@@ -104,9 +106,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_shared_test_pairs_parse() -> None:
-    ref = SHARED / "pfpascal" / "test_pairs.csv"
-    if not ref.exists():
-        pytest.skip("shared PF-Pascal pair files absent")
+    ref = shared_path("pfpascal", "test_pairs.csv")
     pairs = read_pair_csv(ref)
     assert len(pairs) == 299
     assert all(p.keypoints_a is not None and p.keypoints_a.shape == p.keypoints_b.shape for p in pairs)

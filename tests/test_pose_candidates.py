@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_pose_scene import default_camera, make_textures, query_and_db_poses, render_room
+from scene_render import default_camera, make_textures, query_and_db_poses, render_room
 
 from datasets.correspondences import dense_correspondences
 from datasets.rgbd_folder import write_image, write_rgbd_folder
@@ -90,7 +90,7 @@ def test_candidates_rerank_and_pooled(scene) -> None:
     assert c.num_matches == 150 and c.num_inliers >= 145
     # rerank by inliers with top_n=1 keeps the best image; pooled adds one candidate over both good images
     cands = estimate_candidates(CAM, [m2, m1, m0, bad], db,
-                                CandidatesConfig(top_n=2, rerank_by="inliers", pooled=True, pnp=pnp))
+                                CandidatesConfig(top_n=2, order_by="inliers", pooled=True, pnp=pnp))
     names = [c.db_name for c in cands]
     assert POOLED_NAME in names and "db2.png" not in names and len(cands) == 3
     pooled = cands[names.index(POOLED_NAME)]
@@ -217,8 +217,8 @@ def test_configs_from_dicts_reject_unknown_keys() -> None:
         candidates_config({"pnp": {"max_eror": 4.0}})
     with pytest.raises(ConfigError, match="pose.topn"):
         candidates_config({"topn": 3})
-    with pytest.raises(ConfigError, match="rerank_by"):
-        candidates_config({"rerank_by": "score"})
+    with pytest.raises(ConfigError, match="order_by"):
+        candidates_config({"order_by": "score"})
     assert EstimateConfig().densepv is None  # DensePV off unless configured
     with pytest.raises(ConfigError, match="estimate.densepv.whole_scn"):
         estimate_main({"densepv": {"whole_scn": True}}, "db", "m.h5", "q.txt", query_dir=".")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pose_scene import default_camera, make_textures, perturb, query_and_db_poses, render_room
+from scene_render import default_camera, make_textures, perturb, query_and_db_poses, render_room
 
 import datasets.synthetic
 from localize.core.errors import ConfigError

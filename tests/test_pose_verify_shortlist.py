@@ -54,10 +54,8 @@ def test_verify_config_from_dict_rejects_unknown_keys():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from datasets.synthetic import ensure_dataset
-
-    return ensure_dataset(tmp_path_factory.mktemp("synthetic") / "tiny", seed=0, size="tiny")
+def tiny(tiny_building) -> Path:
+    return tiny_building
 
 
 def _far_views(tiny: Path, query: str, n: int) -> list[str]:

@@ -20,7 +20,7 @@ from localize.pipeline import workers
 from localize.pipeline.executors import LocalExecutor, make_executor
 
 ray = pytest.importorskip("ray", reason="optional extra [ray] not installed")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 NUM_QUERIES = 3
 

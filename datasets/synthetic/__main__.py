@@ -14,7 +14,7 @@ from datasets.synthetic.config import SIZES
 from datasets.synthetic.generation import generate
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(prog="python -m datasets.synthetic",
                                  description=datasets.synthetic.__doc__.split("\n")[0],
@@ -39,4 +39,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

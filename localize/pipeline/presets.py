@@ -71,7 +71,7 @@ CONFS: dict[str, dict[str, Any]] = {
         "matching": {"features": "dense-rootsift", "image_size": 320, "relocalize": False, "refine": True,
                      "weights": None, "max_matches": 2000},
         "num_pairs": 5,
-        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
+        "pose": {"top_n": 10, "order_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
         "densepv": {"target_size": 320, "whole_scan": False},
     },
     # smaller images, fewer pairs, no DensePV
@@ -81,7 +81,7 @@ CONFS: dict[str, dict[str, Any]] = {
         "matching": {"features": "dense-rootsift", "image_size": 240, "relocalize": False, "refine": True,
                      "weights": None, "max_matches": 1500},
         "num_pairs": 5,
-        "pose": {"top_n": 5, "rerank_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
+        "pose": {"top_n": 5, "order_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
         "densepv": None,
     },
     # the paper's configuration: official NCNet IVD weights, 3200 px with relocalization,
@@ -92,7 +92,7 @@ CONFS: dict[str, dict[str, Any]] = {
         "matching": {"features": "resnet101", "image_size": 3200, "relocalize": True, "refine": False,
                      "weights": REQUIRED + "--ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000},
         "num_pairs": 10,
-        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0, "pnp": _PNP_INLOC},
+        "pose": {"top_n": 10, "order_by": "matches", "pooled": False, "min_match_score": 0.0, "pnp": _PNP_INLOC},
         "densepv": {"scale": 0.125, "whole_scan": False},
     },
     # Sparse-NCNet (ECCV 2020) at InLoc resolution: top-10 sparse correlation, hard+soft relocalization
@@ -103,7 +103,7 @@ CONFS: dict[str, dict[str, Any]] = {
                      "sparse": True, "top_k": 10, "reloc_mode": "hard+soft",
                      "weights": REQUIRED + "--ncnet-weights ncnet_ivd.pth.tar", "max_matches": 20000},
         "num_pairs": 10,
-        "pose": {"top_n": 10, "rerank_by": "matches", "pooled": False, "min_match_score": 0.0, "pnp": _PNP_INLOC},
+        "pose": {"top_n": 10, "order_by": "matches", "pooled": False, "min_match_score": 0.0, "pnp": _PNP_INLOC},
         "densepv": {"scale": 0.125, "whole_scan": False},
     },
 }
