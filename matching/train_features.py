@@ -75,6 +75,7 @@ class TrainFeaturesConfig:
     iterations: int = 2000
     auto_iterations: bool = False
     time_limit: float = 0.0  # seconds (0 = none)
+    stop_after: int = 0  # stop this invocation after this many iterations (training in chunks; 0 = none)
     seed: int = 0
     device: str = "cpu"
     amp: bool = False  # bf16 autocast (CUDA)
@@ -427,7 +428,7 @@ def main(conf: TrainFeaturesConfig) -> dict:
         state = load_torch_file(out)
         saved = TrainFeaturesConfig.from_dict(state["config"])
         # the schedule and data come from the saved run; only run-control options may change
-        for k in ("out", "time_limit", "resume", "export", "device", "workers", "threads", "log_every",
+        for k in ("out", "time_limit", "stop_after", "resume", "export", "device", "workers", "threads", "log_every",
                   "checkpoint_every"):
             setattr(saved, k, getattr(conf, k))
         if conf.iterations != saved.iterations and not saved.auto_iterations:
@@ -491,9 +492,12 @@ def main(conf: TrainFeaturesConfig) -> dict:
             if time.perf_counter() > deadline - save_margin:
                 stop_reason = "time limit"
                 break
+            if conf.stop_after and it - start >= conf.stop_after and it < conf.iterations:
+                stop_reason = "chunk"
+                break
             if it >= conf.iterations:
                 break
-        if stop_reason == "time limit":
+        if stop_reason in ("time limit", "chunk"):
             break
     if run_n:
         history.append({"iteration": it, "loss": float(run_l) / run_n, "acc": float(run_a) / run_n,
