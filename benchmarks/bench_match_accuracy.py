@@ -36,6 +36,7 @@ from matching.evaluate import (
 from matching.match import load_image, match_images
 from matching.model import PACKAGED_WEIGHTS, build_ncnet
 from matching.sparse_match import DEFAULT_COMBINE, DEFAULT_TOP_K, match_images_sparse
+from oxford_eval import main as oxford_main  # noqa: E402  (benchmarks/, the script's folder)
 
 DENSE, SPARSE = "(c) trained consensus", "(d) sparse trained"
 
@@ -180,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-tum", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args(argv)
+    ap.add_argument("--oxford", nargs="*", metavar="SEQ", help="instead: Oxford sequences (default wall boat bark), "
+                    "learned features vs OpenCV SIFT, MMA@1-10 px of the top 1000 + homography (benchmarks/oxford_eval.py)")
+    args, rest = ap.parse_known_args(argv)
+    if args.oxford is not None:
+        return oxford_main(["--seqs", *(args.oxford or ["wall", "boat", "bark"]), "--threads", str(args.threads),
+                            "--image-size", str(args.image_size if args.image_size != 320 else 640), *rest]
+                           + (["--json", args.json] if args.json else []))
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     torch.set_num_threads(args.threads)
     top = args.top or None
     methods = make_methods(args.weights, args.image_size, top, args.sparse_top_k, args.sparse_combine)
