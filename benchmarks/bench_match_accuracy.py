@@ -27,6 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from oxford_eval import main as oxford_main  # benchmarks/, the script's folder
+
 from localize.core.records import load_rgb
 from matching.evaluate import (
     THRESHOLDS,
@@ -181,7 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-tum", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args(argv)
+    ap.add_argument("--oxford", nargs="*", metavar="SEQ", help="instead: Oxford sequences (default wall boat bark), "
+                    "learned features vs OpenCV SIFT, MMA@1-10 px of the top 1000 + homography (benchmarks/oxford_eval.py)")
+    args, rest = ap.parse_known_args(argv)
+    if args.oxford is not None:
+        return oxford_main(["--seqs", *(args.oxford or ["wall", "boat", "bark"]), "--threads", str(args.threads),
+                            "--image-size", str(args.image_size if args.image_size != 320 else 640), *rest]
+                           + (["--json", args.json] if args.json else []))
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     torch.set_num_threads(args.threads)
     top = args.top or None
     methods = make_methods(args.weights, args.image_size, top, args.sparse_top_k, args.sparse_combine)

@@ -16,12 +16,13 @@ from torch import Tensor, nn
 from localize.core.torchfile import load_torch_file
 from matching.correlation import feature_l2norm
 from matching.dense_sift import dense_rootsift
+from matching.learned_features import load_learned_features
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FEATURE_NAMES = ("dense-rootsift", "resnet101")
+FEATURE_NAMES = ("dense-rootsift", "resnet101", "learned")
 # torchvision resnet101 module name -> index in NCNet's Sequential(conv1, bn1, relu, maxpool, layer1..3)
 TORCHVISION_TO_SEQUENTIAL = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6}
 
@@ -103,8 +104,11 @@ class DenseRootSIFTFeatures(nn.Module):
 
 
 def build_features(name: str, backbone_weights: str | Path | None = None, step: int = 8) -> nn.Module:
-    """Feature extractor by name: 'dense-rootsift' (``step`` px grid) or 'resnet101' (optional torchvision .pth)."""
+    """Feature extractor by name: 'dense-rootsift' (``step`` px grid), 'resnet101' (optional torchvision .pth)
+    or 'learned' (``matching.learned_features``; packaged weights, or ``backbone_weights`` = its weight file)."""
     key = name.lower().replace("_", "-")
+    if key == "learned":
+        return load_learned_features(backbone_weights)
     if key in ("dense-rootsift", "rootsift", "dense-sift"):
         return DenseRootSIFTFeatures(step=step)
     if key == "resnet101":

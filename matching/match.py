@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("image_a")
     ap.add_argument("image_b")
     ap.add_argument("--weights", help="NCNet checkpoint (official .pth.tar layout); default: packaged weights")
-    ap.add_argument("--features", choices=["resnet101", "dense-rootsift"], default=None,
+    ap.add_argument("--features", choices=["resnet101", "dense-rootsift", "learned"], default=None,
                     help="feature extractor (default: from the checkpoint, else dense-rootsift)")
     ap.add_argument("--backbone-weights", help="torchvision resnet101 .pth (when the checkpoint has no backbone)")
     ap.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="longer image side after resizing")

@@ -91,7 +91,8 @@ def build_ncnet(weights: str | Path | None = None, features: str | None = None,
     unless ``allow_random_backbone``. ``consensus=False`` gives correlation + mutual NN only.
     """
     ckpt = None
-    if weights is None and (features in (None, "dense-rootsift", "dense_rootsift")) and PACKAGED_WEIGHTS.exists():
+    if weights is None and features in (None, "dense-rootsift", "dense_rootsift", "learned") \
+            and PACKAGED_WEIGHTS.exists():
         weights = PACKAGED_WEIGHTS
     if weights is not None:
         ckpt = load_checkpoint_file(weights)

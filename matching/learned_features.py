@@ -1,0 +1,284 @@
+"""Dense features learned in this project from random initialisation (``--features learned``).
+
+A small VGG-style trunk on the grey image to stride 8 (or 4), ``channels`` L2-normalised descriptors per cell,
+trained by ``python -m matching.train_features`` (dense InfoNCE on exact ground-truth correspondences of
+homography-warped real photos and synthetic building renders). Same interface as ``matching.features``:
+``name``, ``stride``, ``channels``; forward RGB [B, 3, H, W] in 0..1 -> [B, C, H/s, W/s], cell (i, j) centred at
+pixel ((j + 0.5) s, (i + 0.5) s).
+
+Weight file (``matching/weights/learned_features.pth``, read with ``localize.core.torchfile.load_torch_file``,
+no extra classes allowed): dict ``format`` = ``LEARNED_FORMAT``, ``config`` (plain dict of ``LearnedConfig``),
+``state_dict`` (float16 tensors), ``meta`` (plain dict: training command, iterations, ...).
+
+``match_images_learned``: the usual correlation -> (consensus) -> extraction, then a sub-cell refinement of the
+B keypoints by the descriptor of A's cell against B's bilinearly interpolated descriptor field (+-1 cell,
+1 px steps at matching resolution, parabolic peak); optional test-time search over quarter turns of B and a
+small set of relative scales (the configuration with the strongest mutual nearest neighbours is used).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from localize.core.torchfile import load_torch_file
+from matching.correlation import feature_l2norm
+from matching.extract import extract_matches
+
+log = logging.getLogger(__name__)
+
+LEARNED_FORMAT = "learned-features-v1"
+PACKAGED_LEARNED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "learned_features.pth"
+GRAY = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class LearnedConfig:
+    """Architecture: widths of the three resolution stages (full, 1/2, 1/4) and the last (1/8) stage."""
+
+    channels: int = 128
+    stride: int = 8  # 8 or 4 (4: the 1/8 stage runs at 1/4 without its downsampling)
+    widths: tuple[int, int, int, int] = (32, 64, 128, 256)
+
+    def __post_init__(self) -> None:
+        if self.stride not in (4, 8):
+            raise ValueError(f"stride must be 4 or 8, got {self.stride}")
+        self.widths = tuple(int(w) for w in self.widths)
+        if len(self.widths) != 4:
+            raise ValueError("widths needs 4 entries")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LearnedConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown LearnedConfig keys {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class LearnedFeatures(nn.Module):
+    """VGG-style trunk: grey -> [w0] -> /2 [w1 x2] -> /2 [w2 x2] -> /2 [w3 x3] -> 1x1 -> ``channels``, L2-normalised."""
+
+    name = "learned"
+
+    def __init__(self, config: LearnedConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LearnedConfig()
+        w0, w1, w2, w3 = self.config.widths
+        self.stride = int(self.config.stride)
+        self.channels = int(self.config.channels)
+        last = 2 if self.stride == 8 else 1
+        layers = (_conv(1, w0) + _conv(w0, w1, 2) + _conv(w1, w1) + _conv(w1, w2, 2) + _conv(w2, w2)
+                  + _conv(w2, w3, last) + _conv(w3, w3) + _conv(w3, w3))
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Conv2d(w3, self.channels, 1)
+        self.register_buffer("gray", torch.tensor(GRAY).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """[B, 3 or 1, H, W] 0..1 -> [B, C, H/s, W/s] L2-normalised (H, W multiples of s)."""
+        x = (image * self.gray.to(image.dtype)).sum(1, keepdim=True) if image.shape[1] == 3 else image
+        x = (x - 0.45) / 0.25
+        return feature_l2norm(self.head(self.trunk(x)).float())
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weights_payload(model: LearnedFeatures, meta: dict | None = None) -> dict:
+    """The packaged-file dict (float16 state dict; BN statistics included)."""
+    sd = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+          for k, v in model.state_dict().items()}
+    return {"format": LEARNED_FORMAT, "config": model.config.to_dict(), "state_dict": sd, "meta": dict(meta or {})}
+
+
+def save_learned_weights(model: LearnedFeatures, path: str | Path, meta: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights_payload(model, meta), path)
+    return path
+
+
+def load_learned_features(path: str | Path | None = None, device: str | torch.device = "cpu") -> LearnedFeatures:
+    """A packaged weight file (default ``PACKAGED_LEARNED_WEIGHTS``) -> LearnedFeatures in eval mode (float32).
+
+    Also accepts a training checkpoint of ``matching.train_features`` (keys ``model``, ``feature_config``)."""
+    path = Path(path or PACKAGED_LEARNED_WEIGHTS)
+    obj = load_torch_file(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a learned-features weight file")
+    if obj.get("format") == LEARNED_FORMAT:
+        conf, sd = obj["config"], obj["state_dict"]
+    elif "model" in obj and "feature_config" in obj:
+        conf, sd = obj["feature_config"], obj["model"]
+    else:
+        raise ValueError(f"{path}: neither format {LEARNED_FORMAT!r} nor a train_features checkpoint")
+    model = LearnedFeatures(LearnedConfig.from_dict(dict(conf)))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- matching
+def resized_shape(height: int, width: int, image_size: int, multiple: int) -> tuple[int, int]:
+    """(h, w) with the longer side ~ image_size, aspect kept, multiples of ``multiple`` (as ``matching.match``)."""
+    scale = image_size / max(height, width)
+    return (max(multiple, int(round(height * scale)) // multiple * multiple),
+            max(multiple, int(round(width * scale)) // multiple * multiple))
+
+
+def image_to_tensor(img: np.ndarray, shape_hw: tuple[int, int], device: str | torch.device) -> Tensor:
+    """H x W (x 3) uint8 -> [1, 3, h, w] float 0..1 resized (area when shrinking), as ``matching.match``."""
+    h, w = shape_hw
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_LINEAR
+    small = cv2.resize(np.ascontiguousarray(img[..., :3]), (w, h), interpolation=interp)
+    return torch.from_numpy(small).to(device).permute(2, 0, 1)[None].float() / 255.0
+
+
+def sample_descriptors(feat: Tensor, xy: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    """Bilinear descriptors of feat [C, h, w] at pixels xy [..., 2] of the (resized) image -> [..., C] (not renormed)."""
+    H, W = image_hw
+    g = torch.stack([2.0 * xy[..., 0] / W - 1.0, 2.0 * xy[..., 1] / H - 1.0], dim=-1).float()
+    shp = g.shape[:-1]
+    out = F.grid_sample(feat[None].float(), g.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="border",
+                        align_corners=False)[0, :, 0]
+    return out.t().reshape(*shp, feat.shape[0])
+
+
+def refine_with_descriptors(feat_a: Tensor, feat_b: Tensor, kp_a: Tensor, kp_b: Tensor, hw_a: tuple[int, int],
+                            hw_b: tuple[int, int], radius: float, step: float = 1.0, chunk: int = 512) -> tuple[Tensor, Tensor]:
+    """Move kp_b [N, 2] (resized-B pixels) to the best descriptor response of A's descriptor at kp_a within
+    +-radius px (grid of ``step`` px, parabolic sub-step peak). Returns (refined [N, 2], peak similarity [N])."""
+    if len(kp_a) == 0:
+        return kp_b.clone(), torch.zeros(0)
+    da = F.normalize(sample_descriptors(feat_a, kp_a, hw_a), dim=-1)
+    r = int(round(radius / step))
+    off = torch.arange(-r, r + 1, dtype=torch.float32) * step
+    oy, ox = torch.meshgrid(off, off, indexing="ij")
+    grid_off = torch.stack([ox, oy], -1).reshape(-1, 2)  # [(2r+1)^2, 2]
+    out_xy, out_s = [], []
+    n = 2 * r + 1
+    for s in range(0, len(kp_b), chunk):
+        pb = kp_b[s:s + chunk].float()
+        cand = pb[:, None, :] + grid_off[None]  # [n, K, 2]
+        db = F.normalize(sample_descriptors(feat_b, cand, hw_b), dim=-1)
+        sim = (db * da[s:s + chunk, None, :]).sum(-1).view(-1, n, n)  # [m, n(y), n(x)]
+        best = sim.flatten(1).argmax(1)
+        by, bx = best // n, best % n
+        idx = torch.arange(len(pb))
+        c = sim[idx, by, bx]
+
+        def para(l: Tensor, m: Tensor, rr: Tensor) -> Tensor:
+            den = l - 2 * m + rr
+            return (0.5 * (l - rr) / torch.where(den.abs() < 1e-9, torch.full_like(den, -1e-9), den)).clamp(-0.5, 0.5)
+
+        inner_x = (bx > 0) & (bx < n - 1)
+        inner_y = (by > 0) & (by < n - 1)
+        dx = torch.where(inner_x, para(sim[idx, by, (bx - 1).clamp(min=0)], c, sim[idx, by, (bx + 1).clamp(max=n - 1)]),
+                         torch.zeros_like(c))
+        dy = torch.where(inner_y, para(sim[idx, (by - 1).clamp(min=0), bx], c, sim[idx, (by + 1).clamp(max=n - 1), bx]),
+                         torch.zeros_like(c))
+        xy = pb + torch.stack([(bx.float() - r + dx) * step, (by.float() - r + dy) * step], -1)
+        out_xy.append(xy)
+        out_s.append(c)
+    return torch.cat(out_xy), torch.cat(out_s)
+
+
+def unrotate_points(xy: Tensor, k: int, hw: tuple[int, int]) -> Tensor:
+    """Pixels (COLMAP convention) of ``np.rot90(img, k)`` -> pixels of ``img`` (H x W = ``hw``)."""
+    H, W = hw
+    widths = [W, H, W, H]
+    out = xy.clone()
+    for i in reversed(range(k % 4)):
+        out = torch.stack([widths[i] - out[:, 1], out[:, 0]], 1)
+    return out
+
+
+def _transforms(rotations: tuple[int, ...], scales: tuple[float, ...], image_size: int) -> list[tuple[int, int, int]]:
+    """(k quarter turns of B, long side of A, long side of B) per test-time configuration; a scale s > 1 means B
+    shows things s times larger than A (A is shrunk), s < 1 the reverse."""
+    out = []
+    for k in rotations:
+        for sc in scales:
+            sa, sb = (image_size, int(round(image_size * sc))) if sc <= 1 else (int(round(image_size / sc)), image_size)
+            out.append((int(k) % 4, sa, sb))
+    return out
+
+
+@torch.no_grad()
+def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size: int = 640,
+                         max_matches: int | None = None, refine: bool = True, rotations: tuple[int, ...] = (0,),
+                         scales: tuple[float, ...] = (1.0,), select_top: int = 200) -> dict[str, np.ndarray]:
+    """NCNet matching (``model``: a ``matching.model.NCNet``, normally with learned features) + descriptor refinement.
+
+    Test-time search: B turned by k quarter turns for k in ``rotations`` and resized relative to A by each of
+    ``scales``; the configuration with the highest mean of its ``select_top`` best mutual-NN correlations is
+    kept and matched fully (consensus, extraction, refinement). Keypoints in original pixels (COLMAP
+    convention), sorted by decreasing score; ``transform`` = (k, long side A, long side B) chosen."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    mult = model.cell_multiple
+    feats_a: dict[int, tuple[Tensor, Tensor]] = {}
+    best, best_val = None, -1.0
+    configs = _transforms(rotations, scales, image_size)
+    for k, sa, sb in configs:
+        if sa not in feats_a:
+            ta = image_to_tensor(img_a, resized_shape(img_a.shape[0], img_a.shape[1], sa, mult), device)
+            feats_a[sa] = (ta, model.features(ta))
+        ta, fa = feats_a[sa]
+        rb = np.ascontiguousarray(np.rot90(img_b, k))
+        tb = image_to_tensor(rb, resized_shape(rb.shape[0], rb.shape[1], sb, mult), device)
+        fb = model.features(tb)
+        if len(configs) > 1:
+            corr = torch.einsum("bchw,bcij->bhwij", fa, fb)
+            flat = corr.flatten(3).flatten(1, 2)[0]  # [A cells, B cells]
+            ab, ba = flat.max(1), flat.max(0)
+            mutual = ba.indices[ab.indices] == torch.arange(flat.shape[0], device=flat.device)
+            vals = ab.values[mutual]
+            val = float(vals.topk(min(select_top, len(vals))).values.mean()) if len(vals) else 0.0
+        else:
+            val = 0.0
+        if val > best_val:
+            best_val, best = val, (k, sa, sb, ta, fa, rb, tb, fb)
+    assert best is not None
+    k, sa, sb, ta, fa, rb, tb, fb = best
+    corr, code = model.correlate(fa, fb)
+    corr = model.filter_correlation(corr)
+    m = extract_matches(corr[:1], img_a.shape[:2], rb.shape[:2], code=code, k=model.relocalization_k)
+    kp0, kp1, scores = m["keypoints0"].float().cpu(), m["keypoints1"].float().cpu(), m["scores"].float().cpu()
+    if refine and len(scores):
+        sxa, sya = ta.shape[-1] / img_a.shape[1], ta.shape[-2] / img_a.shape[0]
+        sxb, syb = tb.shape[-1] / rb.shape[1], tb.shape[-2] / rb.shape[0]
+        kb2, _ = refine_with_descriptors(fa[0].float().cpu(), fb[0].float().cpu(), kp0 * torch.tensor([sxa, sya]),
+                                         kp1 * torch.tensor([sxb, syb]), tuple(ta.shape[-2:]), tuple(tb.shape[-2:]),
+                                         radius=float(model.features.stride))
+        kp1 = kb2 / torch.tensor([sxb, syb])
+    kp1 = unrotate_points(kp1, k, img_b.shape[:2])
+    order = torch.argsort(scores, descending=True)
+    res = {"keypoints0": kp0[order].double().numpy(), "keypoints1": kp1[order].double().numpy(),
+           "scores": scores[order].numpy()}
+    if max_matches is not None:
+        res = {key: v[:max_matches] for key, v in res.items()}
+    res["transform"] = np.array([k, sa, sb])
+    return res
+
+
+__all__ = ["LearnedConfig", "LearnedFeatures", "LEARNED_FORMAT", "PACKAGED_LEARNED_WEIGHTS", "load_learned_features",
+           "save_learned_weights", "weights_payload", "sample_descriptors", "refine_with_descriptors",
+           "match_images_learned", "num_parameters", "unrotate_points"]
