@@ -41,7 +41,7 @@ class MatchConfig:
     'resnet101' (None = from the checkpoint); backbone_weights: torchvision resnet101 .pth for checkpoints
     without a backbone; image_size: longer image side after resizing (px); relocalize: 2x2x2x2 pooling +
     relocalization (sparse: mode ``reloc_mode``); sparse: Sparse-NCNet with ``top_k`` matches per cell both
-    ways; refine: sub-cell NCC refinement with ``refine_options`` (radius None = one feature cell);
+    ways; refine: sub-cell NCC refinement with ``refine_options`` (common scale, radius in matching cells);
     max_matches: keep the best N (None = all); half: float16 consensus (CUDA); consensus: False =
     correlation + mutual NN only.
     """
@@ -83,7 +83,7 @@ class Matcher:
     def match(self, img_a: np.ndarray, img_b: np.ndarray) -> dict[str, np.ndarray]:
         """Two H x W x 3 uint8 RGB images -> keypoints0 / keypoints1 (N x 2 px, COLMAP), scores (N) [+ ncc (N)].
 
-        Sparse refinement searches +- one feature cell of B (px) unless ``refine_options.radius`` is set.
+        Refinement (dense and sparse): ``matching.refine.refine_with`` at the two images' common scale.
         """
         c, model = self.conf, self.model
         size = int(c.image_size)
@@ -93,7 +93,9 @@ class Matcher:
         m = match_images_sparse(model, img_a, img_b, size, top_k=int(c.top_k),
                                 relocalization=c.reloc_mode if c.relocalize else "none", max_matches=c.max_matches)
         if c.refine:
-            m = refine_with(img_a, img_b, m, c.refine_options, model.features.stride * max(img_b.shape[:2]) / size)
+            stride = model.features.stride
+            m = refine_with(img_a, img_b, m, c.refine_options, stride * max(img_a.shape[:2]) / size,
+                            stride * max(img_b.shape[:2]) / size)
         return m
 
     __call__ = match
@@ -107,8 +109,8 @@ def match_images(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size:
 
     ``image_size``: longer side after resizing (sides rounded down to multiples of stride x pooling).
     Keypoints in pixels of the original images (COLMAP convention), sorted by decreasing score.
-    ``refine``: sub-cell refinement at full resolution (``matching.refine``, options ``refine_options``;
-    default radius: one feature cell of the coarser image, px); then also ``ncc`` (N, peak NCC) is returned.
+    ``refine``: sub-cell refinement (``matching.refine.refine_with``, options ``refine_options``: both images
+    at a common scale, radius in matching cells); then also ``ncc`` (N, peak NCC) is returned.
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     mult = model.cell_multiple
@@ -124,7 +126,7 @@ def match_images(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size:
     if refine:
         cell_a = model.features.stride * img_a.shape[1] / ta.shape[-1]
         cell_b = model.features.stride * img_b.shape[1] / tb.shape[-1]
-        result = refine_with(img_a, img_b, result, refine_options or RefineConfig(), max(cell_a, cell_b))
+        result = refine_with(img_a, img_b, result, refine_options or RefineConfig(), cell_a, cell_b)
     return result
 
 

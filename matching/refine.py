@@ -3,6 +3,13 @@
 Each match keeps its keypoint in the fixed image (A by default) and searches the other image within
 +-``radius`` px of the coarse position for the patch that best matches A's patch; the integer NCC peak
 is refined by a 1D parabola fit along x and y. Pixels in the COLMAP convention.
+
+Scale: ``refine_with`` is given each image's matching cell in its own pixels (``cell_a``, ``cell_b``:
+feature stride x original / resized side). A cell covers about the same part of the scene in both
+images, so when the cells differ by more than ``max_scale_ratio`` the image with the larger cell (a
+4032-px phone photo against a 1600-px cutout) is first area-resampled until its cell equals the other's:
+both patches then have the same footprint in the scene, and the search radius (``radius_cells``
+matching cells) is counted in pixels of that common scale, never in raw pixels of the larger image.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,18 +30,26 @@ FIXED_IMAGES = ("a", "b")
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Options of ``refine_matches``: search radius (px of the moving image; None = the caller's default, one
-    feature cell), NCC patch side (px), fixed image ('a' or 'b'), minimum peak NCC, drop window-edge peaks."""
+    """Options of ``refine_with``: search radius (``radius_cells`` matching cells of the coarser image at the
+    common scale; ``radius`` in px of that scale overrides it), NCC patch side (px of the common scale), fixed
+    image ('a' or 'b'), minimum peak NCC, drop window-edge peaks, and ``max_scale_ratio``: cell-size ratio
+    of the two images above which the one with the larger cell is resampled to the other's scale."""
 
     radius: float | None = None
+    radius_cells: float = 1.0
     patch: int = 15
     fixed: str = "a"
     min_ncc: float | None = None
     drop_border: bool = False
+    max_scale_ratio: float = 1.3
 
     def __post_init__(self) -> None:
         if self.fixed not in FIXED_IMAGES:
             raise ValueError(f"fixed must be 'a' or 'b', got {self.fixed!r}")
+        if not self.radius_cells > 0:
+            raise ValueError(f"radius_cells must be > 0, got {self.radius_cells}")
+        if not self.max_scale_ratio >= 1.0:
+            raise ValueError(f"max_scale_ratio must be >= 1, got {self.max_scale_ratio}")
 
 
 def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:
@@ -132,13 +148,46 @@ def refine_matches(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.n
     return {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in out.items()}
 
 
+def common_scale(cell_a: float, cell_b: float, max_scale_ratio: float) -> tuple[float, float]:
+    """Resampling factors (s_a, s_b) <= 1 that bring both images to one scale: the image whose matching cell
+    (px) is larger is shrunk until its cell equals the other's; (1, 1) while the ratio is <= max_scale_ratio."""
+    if max(cell_a, cell_b) <= max_scale_ratio * min(cell_a, cell_b):
+        return 1.0, 1.0
+    return (cell_b / cell_a, 1.0) if cell_a > cell_b else (1.0, cell_a / cell_b)
+
+
+def _resampled(img: np.ndarray, s: float) -> tuple[np.ndarray, float, float]:
+    """(image area-resampled by s, x factor, y factor) with the exact factors of the rounded size; s = 1: as is."""
+    if s == 1.0:
+        return img, 1.0, 1.0
+    H, W = img.shape[:2]
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_AREA), w / W, h / H
+
+
 def refine_with(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray], conf: RefineConfig,
-                default_radius: float) -> dict[str, np.ndarray]:
-    """``refine_matches`` with the options of ``conf``; ``default_radius`` (px) when ``conf.radius`` is None."""
-    radius = default_radius if conf.radius is None else conf.radius
-    return refine_matches(img_a, img_b, matches, radius=radius, patch=conf.patch, fixed=conf.fixed,
-                          min_ncc=conf.min_ncc, drop_border=conf.drop_border)
+                cell_a: float, cell_b: float) -> dict[str, np.ndarray]:
+    """``refine_matches`` at the common scale of ``common_scale(cell_a, cell_b)`` with the options of ``conf``.
+
+    ``cell_a`` / ``cell_b``: one matching cell in px of each original image. The search radius is
+    ``conf.radius_cells`` x the larger of the two cells at the common scale (``conf.radius`` px there when
+    set). Keypoints in and out are pixels of the original images (COLMAP convention).
+    """
+    s_a, s_b = common_scale(cell_a, cell_b, conf.max_scale_ratio)
+    radius = conf.radius_cells * max(cell_a * s_a, cell_b * s_b) if conf.radius is None else conf.radius
+    a, ax, ay = _resampled(img_a, s_a)
+    b, bx, by = _resampled(img_b, s_b)
+    m = dict(matches)
+    if (ax, ay, bx, by) != (1.0, 1.0, 1.0, 1.0):
+        m["keypoints0"] = np.asarray(matches["keypoints0"], dtype=np.float64) * [ax, ay]
+        m["keypoints1"] = np.asarray(matches["keypoints1"], dtype=np.float64) * [bx, by]
+    out = refine_matches(a, b, m, radius=radius, patch=conf.patch, fixed=conf.fixed,
+                         min_ncc=conf.min_ncc, drop_border=conf.drop_border)
+    if (ax, ay, bx, by) != (1.0, 1.0, 1.0, 1.0):
+        out["keypoints0"] = out["keypoints0"] / [ax, ay]
+        out["keypoints1"] = out["keypoints1"] / [bx, by]
+    return out
 
 
-__all__ = ["FIXED_IMAGES", "RefineConfig", "refine_matches", "refine_with", "refine_positions", "ncc_maps",
+__all__ = ["FIXED_IMAGES", "RefineConfig", "common_scale", "refine_matches", "refine_with", "refine_positions", "ncc_maps",
            "sample_patches", "parabolic_offset", "to_gray"]

@@ -18,7 +18,7 @@ from matching.match import MatchConfig, Matcher, cli, main, match_images, read_m
 from matching.model import build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import resized_shape
-from matching.refine import RefineConfig, refine_matches
+from matching.refine import RefineConfig, refine_matches, refine_with
 from matching.sparse.match import match_images_sparse
 
 SHIFT = np.array([13.0, 7.0])  # B(x) = A(x - SHIFT): a point x of A is at x + SHIFT in B
@@ -118,8 +118,8 @@ def test_match_config_presets_and_unknown_key() -> None:
 
 
 def test_matcher_dispatch_matches_direct_calls() -> None:
-    """Matcher = match_images (dense) or match_images_sparse + refine_matches with a radius of one feature cell
-    of B (sparse), bit for bit, on images of different sizes; refine_options reach refine_matches."""
+    """Matcher = match_images (dense) or match_images_sparse + refine_with given both images' matching cells
+    (sparse), bit for bit, on images of different sizes; refine_options reach refine_matches."""
     a, b = textured_pair()
     b = b[:120, :176]
     model = build_ncnet(consensus=False, relocalization_k=2)
@@ -130,7 +130,8 @@ def test_matcher_dispatch_matches_direct_calls() -> None:
     sparse = Matcher(MatchConfig(image_size=160, consensus=False, relocalize=True, sparse=True, top_k=5,
                                  refine=True, max_matches=300))
     coarse = match_images_sparse(model, a, b, 160, top_k=5, relocalization="hard+soft", max_matches=300)
-    ref = refine_matches(a, b, coarse, radius=model.features.stride * max(b.shape[:2]) / 160)
+    stride = model.features.stride
+    ref = refine_with(a, b, coarse, RefineConfig(), stride * max(a.shape[:2]) / 160, stride * max(b.shape[:2]) / 160)
     got = sparse.match(a, b)
     assert set(got) == set(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
     opts = {"radius": 3.0, "patch": 11, "min_ncc": 0.3, "drop_border": True}

@@ -3,8 +3,8 @@
 ``python -m datasets.synthetic --out DIR --seed N [--size tiny|small|medium|inloc-size] [--preview]``
 
 ``inloc-size`` is a small building (two scans of 12 cutouts) at the real InLoc image sizes: 1600 x 1200
-database cutouts (60 deg) and two 4032 x 3024 queries with iPhone 7 intrinsics (f = 3136 px), for
-timing the pipeline (``benchmarks/bench_localize.py inloc-size``).
+database cutouts (60 deg) and twelve 4032 x 3024 queries with iPhone 7 intrinsics (f = 3136 px), for
+the pipeline's accuracy and cost at InLoc sizes (``benchmarks/bench_localize.py inloc-size``).
 
 World frame: metres, **z up**, floor of the ground storey at z = 0; the building is a row of
 rooms on both sides of a corridor running along +x (storey ``k`` has its floor at z = 3 k).

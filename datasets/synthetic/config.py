@@ -54,9 +54,9 @@ SIZES: dict[str, SizeConfig] = {
                         32, 4, (400, 300)),
     "medium": SizeConfig("medium", 2, 4, 3, 3, (800, 600), tuple(range(0, 360, 30)), (-30, 0, 30), 100,
                          (640, 480), 52.0, 120, 4, (400, 300)),
-    # InLoc image sizes for timings: 1600 x 1200 cutouts, 4032 x 3024 queries with the iPhone 7's
-    # horizontal field of view (f = 3136 px, datasets.inloc.INLOC_QUERY_FOCAL); one room + corridor
-    "inloc-size": SizeConfig("inloc-size", 1, 1, 0, 1, (1600, 1200), tuple(range(0, 360, 30)), (0,), 2,
+    # InLoc image sizes: 1600 x 1200 cutouts, 4032 x 3024 queries with the iPhone 7's horizontal field
+    # of view (f = 3136 px, datasets.inloc.INLOC_QUERY_FOCAL); one room + corridor, 12 queries
+    "inloc-size": SizeConfig("inloc-size", 1, 1, 0, 1, (1600, 1200), tuple(range(0, 360, 30)), (0,), 12,
                              (4032, 3024), math.degrees(2 * math.atan(4032 / 2 / (4032 * 28 / 36))), 2, 2,
                              (400, 300)),
 }
