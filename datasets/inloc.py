@@ -24,7 +24,7 @@ import scipy.io
 from PIL import Image
 
 from datasets.rgbd_folder import write_image
-from localize.core.errors import DatabaseError
+from localize.core.errors import DatabaseError, QueryError
 from localize.core.formats import atomic_write
 from localize.core.geometry import Camera, Pose
 from localize.core.records import DbImage
@@ -37,6 +37,19 @@ CUTOUT_FOV_DEG = 60.0
 def inloc_query_camera(width: int = 4032, height: int = 3024) -> Camera:
     """iPhone 7 query camera of InLoc, scaled to an image of width x height."""
     return Camera.pinhole(4032, 3024, INLOC_QUERY_FOCAL).scaled(width, height)
+
+
+def inloc_query_dir(path: str | Path) -> Path:
+    """The InLoc query folder for ``path``: ``path/query/iphone7`` or ``path/iphone7`` when present (the dataset
+    root or its ``query/`` folder), else ``path``; QueryError for a dataset root without query images, so
+    that database cutouts are never taken for queries."""
+    path = Path(path)
+    for sub in (Path("query", "iphone7"), Path("iphone7")):
+        if (path / sub).is_dir():
+            return path / sub
+    if (path / "cutouts").is_dir() or (path / "database" / "cutouts").is_dir():
+        raise QueryError(f"{path} is an InLoc database folder without query/iphone7/: give the query folder")
+    return path
 
 
 def cutout_camera(width: int, height: int, fov_deg: float = CUTOUT_FOV_DEG) -> Camera:

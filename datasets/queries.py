@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from datasets.inloc import inloc_query_camera
+from datasets.inloc import inloc_query_camera, inloc_query_dir
 from localize.core.formats import read_query_list
 from localize.core.records import Query
 
@@ -37,10 +37,11 @@ def list_query_images(query_dir: str | Path, queries_list: str | Path | None = N
     """Queries of a folder: the list's names first, then every other image under the folder, sorted.
 
     Cameras come from the query list; for ``db_format == "inloc"`` queries absent from the list
-    get the iPhone 7 default (f = 3136 px at 4032 x 3024, scaled). Others get ``camera=None``
-    and an error that names the query.
+    get the iPhone 7 default (f = 3136 px at 4032 x 3024, scaled), and a dataset root (or its ``query/``
+    folder) means its ``query/iphone7/`` images (``datasets.inloc.inloc_query_dir``). Others get
+    ``camera=None`` and an error that names the query.
     """
-    query_dir = Path(query_dir)
+    query_dir = inloc_query_dir(query_dir) if db_format == "inloc" else Path(query_dir)
     cams = read_query_list(queries_list) if queries_list else {}
     names = list(cams) + [n for n in image_files(query_dir) if n not in cams]
     out = []

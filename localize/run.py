@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import list_query_images
 from datasets.synthetic import ensure_dataset
-from localize.core.errors import ConfigError, DatabaseError
+from localize.core.errors import ConfigError, DatabaseError, QueryError
 from localize.core.formats import atomic_write, write_poses
 from localize.evaluate_inloc import main as evaluate
 from localize.pipeline import stages
@@ -175,6 +175,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
              a.save_renders, executor)
     except DatabaseError as e:
         print(f"error: unusable database {a.db}: {e}", file=sys.stderr)
+        return 2
+    except QueryError as e:
+        print(f"error: unusable --query-dir {a.query_dir}: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,7 +4,7 @@ Usage::
 
     python -m pose.estimate --db DB --db-format rgbd|tum|inloc --matches MATCHES \
         --queries-list queries_with_intrinsics.txt --query-dir QUERY_DIR --out poses.txt \
-        [--densepv] [--save-renders DIR] [--backend pycolmap|opencv] [--max-error PX] \
+        [--densepv] [--save-renders DIR] [--backend pycolmap|opencv] [--max-error PX] [--reference-size 640] \
         [--top-n 10] [--order-by matches|inliers] [--pooled] [--min-score S]
 
 Match files (``MATCHES`` is one ``.h5`` file or a directory searched recursively for ``*.h5``):
@@ -213,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--densepv", action="store_true", help="re-rank candidates by dense pose verification")
     p.add_argument("--save-renders", default=None, help="folder for DensePV debug PNGs (implies --densepv)")
     p.add_argument("--backend", default="pycolmap", choices=("pycolmap", "opencv"))
-    p.add_argument("--max-error", type=float, default=PnPConfig.max_error, help="RANSAC threshold, query px")
+    p.add_argument("--max-error", type=float, default=PnPConfig.max_error,
+                   help="RANSAC threshold: px per --reference-size px of the query's longer side (never less)")
+    p.add_argument("--reference-size", type=int, default=640,
+                   help="longer image side at which --max-error holds as given; 0 = --max-error in plain query px")
     p.add_argument("--min-inliers", type=int, default=PnPConfig.min_inliers)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-n", type=int, default=10)
@@ -238,6 +241,7 @@ def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"candidates": {"top_n": args.top_n, "order_by": args.order_by, "min_match_score": args.min_score,
                            "pooled": args.pooled,
                            "pnp": {"backend": args.backend, "max_error": args.max_error,
+                                   "reference_size": args.reference_size or None,
                                    "min_inliers": args.min_inliers, "seed": args.seed}},
             "densepv": {"target_size": args.render_size, "scale": args.render_scale, "whole_scan": args.whole_scan,
                         "scan_stride": args.scan_stride} if use_dpv else None}

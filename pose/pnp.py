@@ -12,6 +12,7 @@ No exception escapes :func:`estimate_pose`: every failure is a ``PoseResult`` wi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,13 @@ BACKENDS = ("pycolmap", "opencv")
 
 @dataclass
 class PnPConfig:
-    """PnP-RANSAC settings; ``max_error`` is the inlier threshold in query pixels."""
+    """PnP-RANSAC settings; ``max_error`` is the inlier threshold in query pixels, or with ``reference_size``
+    in pixels of an image whose longer side is ``reference_size``: a larger query gets the threshold scaled
+    by its longer side / ``reference_size``, a smaller one keeps ``max_error`` (``threshold_px``)."""
 
     backend: str = "pycolmap"
     max_error: float = 8.0
+    reference_size: int | None = None
     min_points: int = 6
     min_inliers: int = 6
     confidence: float = 0.99999
@@ -45,6 +49,14 @@ class PnPConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown PnP backend {self.backend!r}; use one of {BACKENDS}")
+        if self.reference_size is not None and int(self.reference_size) <= 0:
+            raise ValueError(f"reference_size must be positive or None, got {self.reference_size}")
+
+    def threshold_px(self, camera: Camera) -> float:
+        """The inlier threshold in pixels of this query camera (see the class docstring)."""
+        if self.reference_size is None:
+            return float(self.max_error)
+        return float(self.max_error) * max(1.0, max(camera.width, camera.height) / float(self.reference_size))
 
 
 @dataclass
@@ -203,6 +215,8 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera,
     bad = degeneracy_reason(p3[finite], conf.collinear_tol)
     if bad:
         return _failure(bad, n, backend, t0)
+    if conf.reference_size is not None:  # the backends see the threshold in this query's pixels
+        conf = dataclasses.replace(conf, max_error=conf.threshold_px(camera), reference_size=None)
     try:
         if backend == "pycolmap":
             out = _run_pycolmap(p2[finite], p3[finite], camera, conf)

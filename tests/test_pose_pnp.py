@@ -131,3 +131,24 @@ def test_far_away_degenerate_pose_is_rejected():
     pts = np.random.default_rng(0).uniform(-1, 1, (50, 3))
     assert _pose_is_sane(look_at([0, -3, 0], [0, 0, 0]), pts)
     assert not _pose_is_sane(look_at([0, -1e6, 0], [0, 0, 0]), pts)
+
+
+def test_threshold_follows_the_query_size() -> None:
+    """With reference_size, max_error is px per reference_size px of the longer side (never below max_error):
+    the same 2D noise, scaled with the image, keeps the same inliers at 640 px and at 4032 px."""
+    conf = PnPConfig(max_error=4.0, reference_size=640, seed=0)
+    assert conf.threshold_px(Camera.pinhole(640, 480, 500.0)) == 4.0
+    assert conf.threshold_px(Camera.pinhole(512, 384, 400.0)) == 4.0
+    assert conf.threshold_px(Camera.pinhole(4032, 3024, 3136.0)) == pytest.approx(4.0 * 4032 / 640)
+    assert PnPConfig(max_error=4.0).threshold_px(Camera.pinhole(4032, 3024, 3136.0)) == 4.0
+    small = Camera.pinhole(640, 480, 500.0)
+    big = small.scaled(4032, 3024)
+    uv, X, _, gt, _ = make_set(camera=small, noise_px=2.0, seed=3)
+    r_small = estimate_pose(uv, X, small, conf)
+    r_big = estimate_pose(uv * 4032 / 640, X, big, conf)
+    r_plain = estimate_pose(uv * 4032 / 640, X, big, PnPConfig(max_error=4.0, seed=0))
+    assert r_small.success and r_big.success
+    assert abs(r_big.num_inliers - r_small.num_inliers) <= 0.02 * len(uv)
+    assert r_plain.num_inliers < 0.5 * r_big.num_inliers  # plain 4 px at 4032 px: most good matches rejected
+    with pytest.raises(ValueError, match="reference_size"):
+        PnPConfig(reference_size=0)

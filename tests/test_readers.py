@@ -16,9 +16,10 @@ from datasets.inloc import (
     write_inloc_alignment,
     write_inloc_cutout,
 )
+from datasets.queries import list_query_images
 from datasets.rgbd_folder import read_rgbd_folder, write_rgbd_folder
 from datasets.tum import export_rgbd_folder, read_tum, read_tum_frames
-from localize.core.errors import DatabaseError
+from localize.core.errors import DatabaseError, QueryError
 from localize.core.geometry import Camera, Pose, depth_to_world, look_at, project_world
 from localize.core.records import lift_pixels
 
@@ -99,6 +100,24 @@ def test_inloc_layout_reader(tmp_path):
     uv, _, _ = project_world(world[10:12, 10:12].reshape(-1, 3), recs[0].camera, truth)
     pts, _ = recs[0].lift(uv)
     np.testing.assert_allclose(pts, world[10:12, 10:12].reshape(-1, 3), atol=1e-6)
+
+
+def test_inloc_dataset_root_as_query_dir_lists_only_the_phone_queries(tmp_path):
+    """--query-dir at the real download's root (database/cutouts/... next to query/iphone7/...): the queries are
+    query/iphone7's images, named as in InLoc's files; a database folder without queries is refused."""
+    xyz = np.zeros((6, 8, 3))
+    write_inloc_cutout(tmp_path / "database", "DUC1", "024", "DUC_cutout_024_0_0.jpg", np.zeros((6, 8, 3), np.uint8),
+                       xyz)
+    (tmp_path / "query" / "iphone7").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "query" / "iphone7" / "IMG_0731.JPG"), np.zeros((12, 16, 3), np.uint8))
+    for given in (tmp_path, tmp_path / "query", tmp_path / "query" / "iphone7"):
+        qs = list_query_images(given, db_format="inloc")
+        assert [(q.name, q.error) for q in qs] == [("IMG_0731.JPG", "")], given
+        assert qs[0].path == tmp_path / "query" / "iphone7" / "IMG_0731.JPG"
+        assert qs[0].camera.focal[0] == pytest.approx(3136 * 16 / 4032)
+    with pytest.raises(QueryError, match="query/iphone7"):
+        list_query_images(tmp_path / "database", db_format="inloc")
+    assert len(list_query_images(tmp_path, db_format="rgbd")) == 2  # other formats: every image of the folder
 
 
 def test_inloc_query_camera():

@@ -60,7 +60,9 @@ class PipelineConfig:
         return to_dict(self)
 
 
-_PNP_CPU = {"backend": "pycolmap", "max_error": 4.0, "seed": 0, "max_num_trials": 5000, "confidence": 0.9999}
+# PnP inlier threshold: max_error px per reference_size px of the query's longer side (never below max_error)
+_PNP_CPU = {"backend": "pycolmap", "max_error": 4.0, "reference_size": 640, "seed": 0, "max_num_trials": 5000,
+            "confidence": 0.9999}
 _PNP_INLOC = {"backend": "pycolmap", "max_error": 48.0, "seed": 0}
 
 CONFS: dict[str, dict[str, Any]] = {
