@@ -2,7 +2,7 @@
 
 python benchmarks/bench_localize.py tum [--conf default] [--max-queries N] [--out outputs/bench_tum]
 python benchmarks/bench_localize.py synthetic [--size small] [--conf default]
-python benchmarks/bench_localize.py inloc-size [--conf default,inloc-ncnet] [--num-pairs N] [--max-queries N]
+python benchmarks/bench_localize.py inloc-size [--conf default[,inloc-ncnet]] [--num-pairs N] [--max-queries N]
     [--scale 1.0] [--weights-dir DIR] [--json-dir DIR] [--out outputs/bench_inloc_size]
 
 TUM: database = even lines of frames.txt (50 frames, exported to the plain RGB-D folder),
@@ -10,9 +10,11 @@ queries = odd lines (49), calibrated intrinsics (``--camera distorted``: fr1 cal
 its lens distortion, the default; ``calibrated``: its pinhole part only; ``default``: TUM's 525 px pinhole); prints % within (2 cm, 2 deg),
 (5 cm, 5 deg) and median errors, plus seconds per query by stage and peak memory (RSS).
 
-inloc-size: CPU cost of a preset at the real InLoc image sizes. Data: the synthetic ``inloc-size``
+inloc-size: accuracy and CPU cost of a preset at the real InLoc image sizes. Data: the synthetic ``inloc-size``
 building (``datasets.synthetic``: 24 RGB-D cutouts of 1600 x 1200 from two scans, plain RGB-D
-folder; two 4032 x 3024 queries, iPhone 7 intrinsics f = 3136 px). Presets that need weights get
+folder; twelve 4032 x 3024 queries, iPhone 7 intrinsics f = 3136 px, varied position, orientation,
+lighting, moved furniture and occluders). Recall within (0.25 m, 10 deg), (0.5 m, 10 deg), (1 m, 10 deg)
+and median errors against the queries' ground truth (``localize.evaluate_inloc``). Presets that need weights get
 RANDOM weights in the official layouts (timings only, poses meaningless): an NCNet checkpoint
 (ResNet-101 backbone, consensus kernels [3, 3] / channels [16, 1], ``matching.checkpoint``) and a
 VGG16-NetVLAD-whitening ``Pitts30K_struct.mat`` (``retrieval.mat_loader``, ~600 MB), written to
@@ -131,6 +133,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------- InLoc image sizes
 INLOC_SIZE = "inloc-size"  # datasets.synthetic preset: 1600 x 1200 database, 4032 x 3024 queries
+INLOC_THRESHOLDS = [(0.25, 10.0), (0.5, 10.0), (1.0, 10.0)]  # InLoc's (metres, degrees)
 
 
 def _scaled_size_preset(scale: float) -> str:
@@ -146,8 +149,8 @@ def _scaled_size_preset(scale: float) -> str:
     return name
 
 
-def _generate_inloc_size(out: str, seed: int, scale: float) -> tuple[str, str, str, str]:
-    """(In a worker process) render the building once; returns (size preset, db, query images, query list)."""
+def _generate_inloc_size(out: str, seed: int, scale: float) -> tuple[str, str, str, str, str]:
+    """(In a worker process) render the building once; returns (size preset, db, query images, query list, gt)."""
     import logging
 
     from datasets.synthetic import generate
@@ -157,7 +160,7 @@ def _generate_inloc_size(out: str, seed: int, scale: float) -> tuple[str, str, s
     t0 = time.time()
     ds = generate(Path(out), seed=seed, size=size, layouts=("rgbd",))
     print(f"data {ds.root} ({size}): {ds.counts} ready in {time.time() - t0:.1f} s", flush=True)
-    return size, str(ds.db), str(ds.queries / "images"), str(ds.query_list)
+    return size, str(ds.db), str(ds.queries / "images"), str(ds.query_list), str(ds.queries / "poses_gt.txt")
 
 
 def _write_random_weights(weights_dir: str, ncnet: bool, netvlad: bool) -> dict[str, str]:
@@ -235,7 +238,7 @@ def _run_preset(name: str, conf: PipelineConfig, db: str, qdir: str, qlist: str,
     wall = time.time() - t0
     rows = [json.loads(line) for line in (export / "log.jsonl").read_text().splitlines()]
     pairs = _pair_times(export)
-    return {"offline_db_s": offline, "wall_s": wall, "rows": rows, "pairs": pairs,
+    return {"export": str(export), "offline_db_s": offline, "wall_s": wall, "rows": rows, "pairs": pairs,
             "localized": summary.num_localized, "peak_rss_gb": peak_rss_gb(), "torch_threads": torch.get_num_threads(),
             "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
 
@@ -255,7 +258,7 @@ def _image_size(path: str | Path) -> list[int]:
 
 def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     """Seconds per query by stage and peak RSS of each preset at the InLoc image sizes (see the module docstring)."""
-    from localize.core.formats import read_query_list, write_query_list
+    from localize.core.formats import read_poses, read_query_list, write_poses, write_query_list
 
     names = [c.strip() for c in args.conf.split(",") if c.strip()]
     for n in names:
@@ -263,7 +266,8 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
             raise SystemExit(f"unknown --conf {n!r}; presets: {sorted(CONFS)}")
     tag = "" if args.scale == 1.0 else f"_x{args.scale:g}"
     out = Path(args.out or f"outputs/bench_inloc_size{tag}")
-    size, db, qimages, qlist_all = _in_fresh_process(_generate_inloc_size, str(out / "data"), args.seed, args.scale)
+    size, db, qimages, qlist_all, gt_all = _in_fresh_process(_generate_inloc_size, str(out / "data"), args.seed,
+                                                            args.scale)
     # the first --max-queries queries, in their own folder (run.main takes every image of the folder)
     cams = read_query_list(qlist_all)
     qnames = sorted(cams)[:args.max_queries]
@@ -274,6 +278,8 @@ def bench_inloc_size(args: argparse.Namespace) -> list[dict]:
     for n in qnames:
         (qdir / "images" / n).symlink_to(Path(qimages, n).resolve())
     write_query_list(qdir / "list.txt", {n: cams[n] for n in qnames})
+    gt = read_poses(gt_all)
+    write_poses(qdir / "gt.txt", {n: gt[n].pose for n in qnames})
     needs_ncnet = any(CONFS[n]["matching"].get("features") == "resnet101" for n in names)
     needs_netvlad = any(CONFS[n]["retrieval"]["method"].startswith("netvlad") for n in names)
     tmp = None
@@ -315,7 +321,13 @@ def _inloc_size_doc(name: str, conf: PipelineConfig, preset_pairs: int, args: ar
                     qdir: Path, r: dict) -> dict:
     """The JSON report of one preset from the worker's raw results."""
     from localize.core.formats import read_query_list
+    from localize.evaluate_inloc import main as evaluate
 
+    res = evaluate(qdir / "gt.txt", Path(r["export"]) / "poses.txt", gt_format="poses",
+                   thresholds=INLOC_THRESHOLDS)["all"]
+    accuracy = {"recall_pct": {f"{m:g}m,{d:g}deg": round(v, 1) for (m, d), v in zip(INLOC_THRESHOLDS, res.recall)},
+                "median_position_cm": round(100 * res.median_position_m, 2),
+                "median_rotation_deg": round(res.median_rotation_deg, 3)}
     rows = r["rows"]
     nq = max(len(rows), 1)
     stages = {k: sum(row["time_s"].get(k, 0.0) for row in rows) / nq for k in
@@ -340,7 +352,7 @@ def _inloc_size_doc(name: str, conf: PipelineConfig, preset_pairs: int, args: ar
         "overrides": {"num_pairs": args.num_pairs, "max_queries": args.max_queries, "preset_num_pairs": preset_pairs},
         "db_images": len(db_files), "db_image_size": _image_size(db_files[0]),
         "query_image_size": [cam.width, cam.height], "query_focal_px": round(float(cam.focal[0]), 3),
-        "queries": len(rows), "localized": r["localized"],
+        "queries": len(rows), "localized": r["localized"], **accuracy,
         "errors": {row["query"]: row["errors"] for row in rows if row["errors"]},  # e.g. no pose: DensePV skipped
         "shortlist_len": shortlist,
         "pairs_matched": n_pairs, "pairs_per_query": n_pairs / nq,
@@ -360,7 +372,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["tum", "synthetic", "inloc-size"])
     p.add_argument("--conf", default=None,
-                   help="preset (default 'default'; inloc-size: comma-separated, default 'default,inloc-ncnet')")
+                   help="preset (default 'default'; inloc-size: comma-separated presets)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--size", default="small")
@@ -377,7 +389,7 @@ def main() -> None:
                    help="TUM intrinsics (database and queries)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    a.conf = a.conf or ("default,inloc-ncnet" if a.what == "inloc-size" else "default")
+    a.conf = a.conf or "default"
     {"tum": bench_tum, "synthetic": bench_synthetic, "inloc-size": bench_inloc_size}[a.what](a)
 
 
