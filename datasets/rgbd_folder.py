@@ -141,7 +141,7 @@ def read_rgbd_folder(root: str | Path) -> list[DbImage]:
         def loader(dpath: Path = dpath, cam: Camera = cam, pose: Pose = pose) -> np.ndarray:
             return depth_to_world(load_depth_map(dpath, scale, cam), cam, pose)
 
-        out.append(DbImage(name, root / "images" / name, cam, pose, loader))
+        out.append(DbImage(name, root / "images" / name, cam, pose, loader, depth_files=(dpath,)))
     return out
 
 

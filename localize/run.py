@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,14 +27,18 @@ from tqdm import tqdm
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import list_query_images
 from datasets.synthetic import ensure_dataset
-from localize.core.errors import ConfigError, DatabaseError
+from localize.core.cache import export_lock
+from localize.core.config import positive_float, positive_int
+from localize.core.errors import CheckpointError, ConfigError, DatabaseError, InputError, OutputError
 from localize.core.formats import atomic_write, write_poses
+from localize.core.records import MAX_MEGAPIXELS_ENV
 from localize.evaluate_inloc import main as evaluate
 from localize.pipeline import stages
 from localize.pipeline.context import QueryLog, RunContext
 from localize.pipeline.executors import Executor, LocalExecutor, make_executor
 from localize.pipeline.presets import CONFS, PipelineConfig, build_config, resolve_conf
 from localize.pipeline.visualize import plot_query_matches, write_cameras_ply
+from matching.checkpoint import load_checkpoint_file
 
 logger = logging.getLogger("localize.run")
 
@@ -55,7 +60,36 @@ def main(conf: str | dict[str, Any] | PipelineConfig, query_dir: str | Path, db:
     """Run all stages for the queries of ``query_dir`` against ``db``; write poses.txt and log.jsonl."""
     conf = build_config(conf)
     export_dir = Path(export_dir)
-    export_dir.mkdir(parents=True, exist_ok=True)
+    check_export_dir(export_dir, [Path(db), Path(query_dir)], [Path(queries_list)] if queries_list else [])
+    if conf.matching.weights:
+        load_checkpoint_file(conf.matching.weights)  # a refused or unreadable weight file stops the run before work
+    with export_lock(export_dir):
+        return _run(conf, query_dir, db, export_dir, db_format, queries_list, device, plot, save_renders, executor)
+
+
+OUTPUT_NAMES = ("poses.txt", "log.jsonl", "scene.ply", "plots", "renders", ".lock")
+
+
+def check_export_dir(export_dir: Path, input_dirs: Sequence[Path], input_files: Sequence[Path] = ()) -> None:
+    """OutputError when the export folder is, or lies inside, an input folder, or when an output it writes
+    (poses.txt, log.jsonl, plots/, ...) would be an input folder or file: outputs never overwrite inputs."""
+    out = export_dir.resolve()
+    for d in input_dirs:
+        d = d.resolve()
+        if out == d or d in out.parents:
+            raise OutputError(f"--export-dir {export_dir} is {'the' if out == d else 'inside the'} input folder {d}: "
+                              f"its outputs would overwrite or mix with the inputs; choose another folder")
+        if out in d.parents and d.relative_to(out).parts[0] in OUTPUT_NAMES:
+            raise OutputError(f"--export-dir {export_dir} would overwrite the input folder {d}; choose another folder")
+    for f in input_files:
+        if f.resolve().parent == out and (f.name in OUTPUT_NAMES or f.suffix == ".h5"):
+            raise OutputError(f"--export-dir {export_dir} would overwrite the input file {f}; choose another folder")
+
+
+def _run(conf: PipelineConfig, query_dir: str | Path, db: str | Path, export_dir: Path, db_format: str,
+         queries_list: str | Path | None, device: str, plot: bool, save_renders: bool,
+         executor: Executor | None) -> RunSummary:
+    """``main`` once the export folder is checked and locked."""
     t_start = time.time()
     database = load_database(db, db_format)
     queries = list_query_images(query_dir, queries_list, db_format)
@@ -116,14 +150,6 @@ def run_demo(out: Path, conf_name: str = "default", device: str = "cpu", size: s
     return res["all"].recall[0]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m localize.run``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where per-item work runs: in this process, or Ray tasks/actors (optional extra [ray])")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local instance)")
+    p.add_argument("--max-megapixels", type=positive_float, default=None,
+                   help=f"refuse images larger than this many megapixels (default 40; env {MAX_MEGAPIXELS_ENV})")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -158,6 +186,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             p.error("--device cuda requested but CUDA is not available")
+    if a.max_megapixels is not None:
+        os.environ[MAX_MEGAPIXELS_ENV] = repr(a.max_megapixels)  # read by the image loader, workers included
     if a.demo:
         r = run_demo(Path(a.export_dir or "outputs/demo"), a.conf, a.device, plot=a.plot)
         print(f"\ndemo: {r:.1f}% of queries within (0.25 m, 10 deg)")
@@ -175,6 +205,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
              a.save_renders, executor)
     except DatabaseError as e:
         print(f"error: unusable database {a.db}: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OutputError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -23,6 +23,10 @@ class CheckpointError(InputError):
     """A weight file that cannot be loaded safely or does not fit the model."""
 
 
+class OutputError(InputError):
+    """An export folder that cannot be used: another run holds it, or its outputs would overwrite inputs."""
+
+
 class WorkerLostError(RuntimeError):
     """A worker process died while running one item, more often than it may be retried."""
 

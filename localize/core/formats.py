@@ -4,13 +4,16 @@
   WORLD-TO-CAMERA, quaternion (w, x, y, z). Queries without a pose are omitted.
 * Query list (hloc): ``name MODEL WIDTH HEIGHT params...`` per line (COLMAP camera models).
 * Pairs: ``query_name db_name [score]`` per line, best first per query.
-Lines starting with ``#`` and blank lines are ignored everywhere.
+Lines starting with ``#`` and blank lines are ignored everywhere. A name holding whitespace or a
+quote is written shell-quoted (``'my query.jpg'``) and read back by ``split_fields``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shlex
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +33,20 @@ def _create_temp_next_to(path: Path) -> Path:
             continue
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Temporary path beside ``path`` for name-based writers (faiss, torch): renamed over it only if the block succeeds."""
@@ -44,6 +61,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -60,12 +78,31 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator:
         f.flush()
 
 
+_NEEDS_QUOTES = re.compile(r"[\s'\"]")
+
+
+def quote_name(name: str) -> str:
+    """A name as one field of a text file: shell-quoted when it holds whitespace or a quote."""
+    return shlex.quote(name) if _NEEDS_QUOTES.search(name) else name
+
+
+def split_fields(line: str) -> list[str]:
+    """Fields of one line: whitespace-separated, with shell quoting ('a b' / "a b") where the line has
+    quotes; a line whose quotes do not pair up is split on whitespace only."""
+    if "'" in line or '"' in line:
+        try:
+            return shlex.split(line, comments=False, posix=True)
+        except ValueError:
+            pass
+    return line.split()
+
+
 def _lines(path: str | Path) -> Iterator[list[str]]:
     with open(path) as f:
         for line in f:
             line = line.strip()
             if line and not line.startswith("#"):
-                yield line.split()
+                yield split_fields(line)
 
 
 @dataclass(frozen=True)
@@ -97,9 +134,9 @@ def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry]) -> None
             if not entry.pose.is_finite():
                 continue
             q, t = entry.pose.qvec, entry.pose.t
-            fields = [name] + [f"{v:.10g}" for v in (*q, *t)]
+            fields = [quote_name(name)] + [f"{v:.10g}" for v in (*q, *t)]
             if entry.top1:
-                fields.append(entry.top1)
+                fields.append(quote_name(entry.top1))
             f.write(" ".join(fields) + "\n")
 
 
@@ -118,7 +155,7 @@ def write_query_list(path: str | Path, cameras: Mapping[str, Camera]) -> None:
     """Write 'name MODEL W H params...' lines atomically, sorted by name."""
     with atomic_write(path) as f:
         for name in sorted(cameras):
-            f.write(f"{name} {cameras[name].to_line()}\n")
+            f.write(f"{quote_name(name)} {cameras[name].to_line()}\n")
 
 
 def read_pairs(path: str | Path) -> dict[str, list[tuple[str, float]]]:
@@ -135,4 +172,4 @@ def write_pairs(path: str | Path, pairs: Mapping[str, Iterable[tuple[str, float]
     with atomic_write(path) as f:
         for q, lst in pairs.items():
             for db, s in lst:
-                f.write(f"{q} {db} {s:.6f}\n")
+                f.write(f"{quote_name(q)} {quote_name(db)} {s:.6f}\n")

@@ -59,3 +59,4 @@ class RunContext:
     device: str
     executor: Executor
     logs: dict[str, QueryLog]
+    fps: dict[str, str] = field(default_factory=dict)  # memo of input fingerprints (see stages.query_fp/db_fp)
