@@ -17,19 +17,19 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from datasets.database import DB_FORMATS, load_database
+from datasets.database import DB_FORMATS, load_database_checked
 from datasets.queries import list_query_images
 from datasets.synthetic import ensure_dataset
 from localize.core.cache import export_lock
 from localize.core.config import positive_float, positive_int
-from localize.core.errors import CheckpointError, ConfigError, DatabaseError, InputError, OutputError
+from localize.core.errors import ConfigError, DatabaseError, InputError, OutputError
 from localize.core.formats import atomic_write, write_poses
 from localize.core.records import MAX_MEGAPIXELS_ENV
 from localize.evaluate_inloc import main as evaluate
@@ -52,6 +52,7 @@ class RunSummary:
     failures: dict[str, str]
     poses_path: Path
     log_path: Path
+    db_skipped: dict[str, str] = field(default_factory=dict)  # database images left out, with the reason
 
 
 def main(conf: str | dict[str, Any] | PipelineConfig, query_dir: str | Path, db: str | Path, export_dir: str | Path,
@@ -91,9 +92,9 @@ def _run(conf: PipelineConfig, query_dir: str | Path, db: str | Path, export_dir
          executor: Executor | None) -> RunSummary:
     """``main`` once the export folder is checked and locked."""
     t_start = time.time()
-    database = load_database(db, db_format)
+    database, db_skipped = load_database_checked(db, db_format)
     queries = list_query_images(query_dir, queries_list, db_format)
-    logger.info("%d database images, %d queries", len(database), len(queries))
+    logger.info("%d database images (%d skipped), %d queries", len(database), len(db_skipped), len(queries))
     logs = {q.name: QueryLog(q.name) for q in queries}
     for q in queries:
         if q.error:
@@ -114,13 +115,15 @@ def _run(conf: PipelineConfig, query_dir: str | Path, db: str | Path, export_dir
     with atomic_write(log_path) as f:
         for q in queries:
             f.write(json.dumps(logs[q.name].to_json()) + "\n")
+        for name, why in sorted(db_skipped.items()):
+            f.write(json.dumps({"database_image": name, "status": "skipped", "errors": [why]}) + "\n")
     if plot:
         for q in tqdm([q for q in ctx.queries if q.name in poses], desc="plots", unit="query"):
             plot_query_matches(export_dir / "plots" / (q.name.replace("/", "_") + ".png"), q, database, mcache,
                                logs[q.name])
         write_cameras_ply(export_dir / "scene.ply", database, {n: e.pose for n, e in poses.items()})
     failures = {q.name: "; ".join(logs[q.name].errors) or "no pose" for q in queries if q.name not in poses}
-    summary = RunSummary(len(queries), len(poses), failures, poses_path, log_path)
+    summary = RunSummary(len(queries), len(poses), failures, poses_path, log_path, db_skipped)
     print_summary(summary, logs, time.time() - t_start)
     return summary
 
@@ -133,6 +136,10 @@ def print_summary(s: RunSummary, logs: dict[str, QueryLog], seconds: float) -> N
     if s.failures:
         print(f"{len(s.failures)} failed:")
         for n, why in sorted(s.failures.items()):
+            print(f"  {n}: {why}")
+    if s.db_skipped:
+        print(f"{len(s.db_skipped)} database images skipped:")
+        for n, why in sorted(s.db_skipped.items()):
             print(f"  {n}: {why}")
     print(f"poses: {s.poses_path}\nlog:   {s.log_path}")
 
@@ -206,10 +213,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except DatabaseError as e:
         print(f"error: unusable database {a.db}: {e}", file=sys.stderr)
         return 2
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OutputError, InputError) as e:
+    except InputError as e:  # a refused weight file, a busy or unsafe export folder, an unreadable query list
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -105,7 +105,9 @@ def test_bad_inputs_are_reported_and_skipped(tiny, tmp_path):
     rc = runmod.cli(["--query-dir", str(qdir), "--db", str(db), "--queries-list", str(tmp_path / "list.txt"),
                      "--export-dir", str(out), "--conf", "fast", "--top-k", "3"])
     assert rc == 0
-    logs = {json.loads(l)["query"]: json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()}
+    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    logs = {l["query"]: l for l in lines if "query" in l}
+    assert sum(1 for l in lines if l.get("status") == "skipped") == 2  # the two database images without depth
     assert logs[names[0]]["status"] == "failed" and any(names[0] in e for e in logs[names[0]]["errors"])
     assert logs[names[1]]["status"] == "failed" and "intrinsics" in " ".join(logs[names[1]]["errors"])
     poses = read_poses(out / "poses.txt")
