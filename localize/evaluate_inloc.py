@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,14 @@ def main(gt_path: str | Path, poses_path: str | Path, gt_format: str = "inloc",
     else:
         raise ValueError(f"unknown --gt-format {gt_format!r}")
     est = read_estimates(poses_path)
+    gt_names = {q for group in gt.values() for q in group}
+    if est and not gt_names & set(est):
+        print(f"warning: none of the {len(est)} names in {poses_path} is a ground-truth query of {gt_path} "
+              f"(e.g. {sorted(est)[0]!r} vs {sorted(gt_names)[0] if gt_names else '(none)'!r}): every query counts "
+              f"as failed", file=sys.stderr)
+    elif est and len(set(est) - gt_names):
+        print(f"warning: {len(set(est) - gt_names)} of the {len(est)} names in {poses_path} are not ground-truth "
+              f"queries (ignored), e.g. {sorted(set(est) - gt_names)[0]!r}", file=sys.stderr)
     results, errors = evaluate(gt, est, thresholds)
     print(format_table(results, thresholds))
     if json_path:

@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 
 from datasets.database import load_database
-from localize.core.config import from_dict
+from localize.core.config import from_dict, nonnegative_float, positive_float, positive_int
 from localize.core.errors import InputError
 from localize.core.formats import PoseEntry, read_query_list, write_poses
 from localize.core.geometry import Camera
@@ -213,21 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--densepv", action="store_true", help="re-rank candidates by dense pose verification")
     p.add_argument("--save-renders", default=None, help="folder for DensePV debug PNGs (implies --densepv)")
     p.add_argument("--backend", default="pycolmap", choices=("pycolmap", "opencv"))
-    p.add_argument("--max-error", type=float, default=PnPConfig.max_error, help="RANSAC threshold, query px")
-    p.add_argument("--min-inliers", type=int, default=PnPConfig.min_inliers)
+    p.add_argument("--max-error", type=positive_float, default=PnPConfig.max_error, help="RANSAC threshold, query px")
+    p.add_argument("--min-inliers", type=positive_int, default=PnPConfig.min_inliers)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top-n", type=int, default=10)
+    p.add_argument("--top-n", type=positive_int, default=10)
     p.add_argument("--order-by", "--rerank-by", dest="order_by", default="matches", choices=("matches", "inliers"),
                    help="order of the shortlisted images before top-n: lifted matches (InLoc) or PnP inliers "
                         "(--rerank-by: the former name)")
     p.add_argument("--pooled", action="store_true", help="add one PnP over all kept images' matches")
-    p.add_argument("--min-score", type=float, default=0.0, help="drop matches with a lower score")
-    p.add_argument("--render-size", type=int, default=DensePVConfig.target_size,
+    p.add_argument("--min-score", type=nonnegative_float, default=0.0, help="drop matches with a lower score")
+    p.add_argument("--render-size", type=positive_int, default=DensePVConfig.target_size,
                    help="DensePV rendering: longer side in px")
-    p.add_argument("--render-scale", type=float, default=None, help="DensePV rendering scale (overrides size)")
+    p.add_argument("--render-scale", type=positive_float, default=None, help="DensePV rendering scale (overrides size)")
     p.add_argument("--whole-scan", action="store_true",
                    help="DensePV renders every cutout of the candidate's scan (InLoc layout), points subsampled")
-    p.add_argument("--scan-stride", type=int, default=4, help="point subsampling for --whole-scan")
+    p.add_argument("--scan-stride", type=positive_int, default=4, help="point subsampling for --whole-scan")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import list_query_images
-from localize.core.config import from_dict
+from localize.core.config import from_dict, positive_float, positive_int
 from localize.core.errors import InputError
 from localize.core.formats import read_pairs, write_pairs
 from localize.core.geometry import Camera
@@ -171,9 +171,9 @@ def cli(argv: Sequence[str] | None = None, prog: str = "python -m pose.verify_sh
     p.add_argument("--db-format", default="rgbd", choices=DB_FORMATS)
     p.add_argument("--query-dir", required=True)
     p.add_argument("--queries-list", default=None, help="'name MODEL W H params...' lines (query intrinsics)")
-    p.add_argument("--top-k", type=int, default=40, help="shortlisted images verified per query")
-    p.add_argument("--image-size", type=int, default=VerifyConfig.image_size)
-    p.add_argument("--max-error-cells", type=float, default=VerifyConfig.max_error_cells)
+    p.add_argument("--top-k", type=positive_int, default=40, help="shortlisted images verified per query")
+    p.add_argument("--image-size", type=positive_int, default=VerifyConfig.image_size)
+    p.add_argument("--max-error-cells", type=positive_float, default=VerifyConfig.max_error_cells)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)

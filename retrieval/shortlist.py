@@ -24,6 +24,7 @@ import torch
 
 from datasets.database import load_database
 from datasets.queries import image_files
+from localize.core.config import nonnegative_int, positive_int
 from localize.core.errors import DatabaseError, InputError
 from localize.core.formats import read_query_list, write_pairs
 from localize.core.records import DbImage
@@ -125,15 +126,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db-format", default="auto", choices=["auto", "rgbd", "tum", "inloc"])
     p.add_argument("--queries", required=True, help="query image directory, or a query list file (name first per line)")
     p.add_argument("--query-dir", default=None, help="images of a query list (default: LIST_DIR/images or LIST_DIR)")
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-k", type=positive_int, default=40)
     p.add_argument("--out", required=True, help="pairs file: 'query db score' lines, best first")
     p.add_argument("--export-dir", default=None, help="cache folder (default: next to --out)")
     p.add_argument("--conf", default="dense-rootsift-vlad", choices=sorted(CONFS))
     p.add_argument("--netvlad-weights", default=None, help="weight file (official .mat or retrieval.train checkpoint)")
     p.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq8", "ivfpq"])
-    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--nprobe", type=positive_int, default=16)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="torch intra-op threads (0 = torch default; 1 is fastest on small shared CPUs)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
