@@ -125,7 +125,7 @@ def image_header(path: str | Path) -> ImageHeader:
     except (OSError, ValueError, SyntaxError) as e:
         raise OSError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if w * h > max_megapixels() * 1e6:
-        raise OSError(f"image {path} is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the limit of {max_megapixels():g} Mpx "
+        raise OSError(f"image {path} is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of {max_megapixels():g} Mpx "
                       f"(--max-megapixels / ${MAX_MEGAPIXELS_ENV}); downscale it")
     if orientation not in (1, 3, 6, 8):
         if orientation in (2, 4, 5, 7):
