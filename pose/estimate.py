@@ -41,7 +41,7 @@ from urllib.parse import unquote
 import h5py
 import numpy as np
 
-from datasets.database import load_database
+from datasets.database import DB_FORMATS, load_database
 from localize.core.config import from_dict
 from localize.core.errors import InputError
 from localize.core.formats import PoseEntry, read_query_list, write_poses
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, help="database root")
-    p.add_argument("--db-format", default="rgbd", choices=("rgbd", "tum", "inloc"))
+    p.add_argument("--db-format", default="rgbd", choices=DB_FORMATS)
     p.add_argument("--matches", required=True, help="HDF5 match file or directory of them")
     p.add_argument("--queries-list", required=True, help="'name MODEL W H params...' per query")
     p.add_argument("--query-dir", default=None, help="query images (needed for --densepv)")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.database import load_database
+from datasets.database import DB_FORMATS, load_database
 from datasets.queries import image_files
 from localize.core.errors import DatabaseError, InputError
 from localize.core.formats import read_query_list, write_pairs
@@ -124,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m retrieval.shortlist", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--db", required=True, help="database: plain RGB-D folder, TUM sequence or InLoc root")
-    p.add_argument("--db-format", default="auto", choices=["auto", "rgbd", "tum", "inloc"])
+    p.add_argument("--db-format", default="auto", choices=DB_FORMATS)
     p.add_argument("--queries", required=True, help="query image directory, or a query list file (name first per line)")
     p.add_argument("--query-dir", default=None, help="images of a query list (default: LIST_DIR/images or LIST_DIR)")
     p.add_argument("--top-k", type=int, default=40)
