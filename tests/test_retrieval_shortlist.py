@@ -34,8 +34,7 @@ def _tum_split():
     return recs[0::4], recs[1::8]  # 25 database frames, 13 queries
 
 
-@pytest.mark.skipif(not TUM.exists(), reason="shared TUM data not available")
-def test_tum_shortlist_recall_and_cache(tmp_path, monkeypatch):
+def test_tum_shortlist_recall_and_cache(tum_root, tmp_path, monkeypatch):
     from retrieval import global_descriptors
     from retrieval.config import CONFS
     from retrieval.shortlist import main
