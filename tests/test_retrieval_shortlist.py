@@ -131,12 +131,8 @@ def test_train_small_rgbd_and_use_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_tiny(tmp_path_factory):
-    from datasets.synthetic import generate
-
-    out = tmp_path_factory.mktemp("syn") / "tiny"
-    generate(out, seed=0, size="tiny", layouts=("rgbd",))
-    return out
+def synthetic_tiny(tiny_building):
+    return tiny_building
 
 
 def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):
