@@ -36,7 +36,7 @@ from tqdm import tqdm
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import list_query_images
 from localize.core.config import from_dict
-from localize.core.errors import InputError
+from localize.core.errors import PER_ITEM_ERRORS, InputError
 from localize.core.formats import read_pairs, write_pairs
 from localize.core.geometry import Camera
 from localize.core.hloc import NAME_STYLES, resolve_pairs, to_hloc_name
@@ -136,7 +136,7 @@ class ShortlistVerifier:
                 p2 = cell_centers(ia.cpu().numpy(), gq, hq)
                 res = estimate_pose(p2[ok], p3[ok], cam, pnp)
                 out[name] = int(res.num_inliers) if res.success else 0
-            except (InputError, OSError, ValueError) as e:  # one bad database image must not stop the query
+            except PER_ITEM_ERRORS as e:  # one bad database image must not stop the query
                 logger.warning("verification: %s: %s", name, e)
                 out[name] = 0
         return out
@@ -159,7 +159,7 @@ def main(conf: VerifyConfig | Mapping[str, Any] | None, shortlists: Mapping[str,
             continue
         try:
             img = load_rgb(path)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             logger.warning("query %s: %s", name, e)
             continue
         lst = list(shortlists[name])[:top_k]

@@ -25,7 +25,7 @@ import torch
 
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import image_files
-from localize.core.errors import DatabaseError, InputError
+from localize.core.errors import PER_ITEM_ERRORS, DatabaseError, InputError
 from localize.core.formats import read_query_list, write_pairs
 from localize.core.records import DbImage
 from retrieval.config import CONFS, RetrievalConfig, resolve_conf
@@ -103,7 +103,7 @@ def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Seque
         try:
             q_desc.append(global_descriptors(ext, [item], export_dir, role="query", finalize=False)[0])
             good.append(item[0])
-        except (OSError, ValueError) as e:  # unreadable image / image too small for dense descriptors
+        except PER_ITEM_ERRORS as e:  # unreadable image / image too small for dense descriptors
             if not skip_unreadable:
                 raise
             logger.warning("query %s skipped: %s", item[0], e)

@@ -34,8 +34,7 @@ def _tum_split():
     return recs[0::4], recs[1::8]  # 25 database frames, 13 queries
 
 
-@pytest.mark.skipif(not TUM.exists(), reason="shared TUM data not available")
-def test_tum_shortlist_recall_and_cache(tmp_path, monkeypatch):
+def test_tum_shortlist_recall_and_cache(tum_root, tmp_path, monkeypatch):
     from retrieval import global_descriptors
     from retrieval.config import CONFS
     from retrieval.shortlist import main
@@ -134,12 +133,8 @@ def test_train_small_rgbd_and_use_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_tiny(tmp_path_factory):
-    from datasets.synthetic import generate
-
-    out = tmp_path_factory.mktemp("syn") / "tiny"
-    generate(out, seed=0, size="tiny", layouts=("rgbd",))
-    return out
+def synthetic_tiny(tiny_building):
+    return tiny_building
 
 
 def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localize.core.errors import DatabaseError
 from localize.core.geometry import Camera, Pose
 
 
@@ -65,7 +66,7 @@ class DbImage:
         """H x W x 3 world points at image resolution (metres, NaN where there is no depth)."""
         xyz = self.xyz_loader()
         if xyz.shape[:2] != (self.camera.height, self.camera.width):
-            raise ValueError(
+            raise DatabaseError(
                 f"{self.name}: point map is {xyz.shape[1]}x{xyz.shape[0]}, image is "
                 f"{self.camera.width}x{self.camera.height}")
         return xyz
