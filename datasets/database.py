@@ -1,4 +1,4 @@
-"""The one database loader: plain RGB-D folder, TUM sequence or InLoc layout -> {name: DbImage}."""
+"""The one database loader: plain RGB-D folder, TUM sequence, InLoc layout or COLMAP workspace -> {name: DbImage}."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.colmap import read_colmap_db
 from datasets.inloc import read_inloc_db
 from datasets.rgbd_folder import read_rgbd_folder
 from datasets.tum import read_tum
@@ -16,16 +17,18 @@ from localize.core.records import DbImage, camera_problem, image_header
 
 logger = logging.getLogger(__name__)
 
-DB_FORMATS = ("auto", "rgbd", "tum", "inloc")
+DB_FORMATS = ("auto", "rgbd", "tum", "inloc", "colmap")
 
 
 def detect_format(path: str | Path) -> str:
-    """Guess a database layout from its files: 'rgbd', 'tum' or 'inloc'."""
+    """Guess a database layout from its files: 'rgbd', 'tum', 'colmap' (sparse/ and stereo/) or 'inloc'."""
     path = Path(path)
     if (path / "poses.txt").exists() and (path / "cameras.txt").exists():
         return "rgbd"
     if (path / "frames.txt").exists() or (path / "groundtruth.txt").exists():
         return "tum"
+    if (path / "sparse").is_dir() and (path / "stereo").is_dir():
+        return "colmap"
     return "inloc"
 
 
@@ -72,7 +75,7 @@ def load_database_checked(path: str | Path, fmt: str = "auto") -> tuple[dict[str
         raise DatabaseError(f"database folder {path} does not exist")
     if fmt == "auto":
         fmt = detect_format(path)
-    reader = {"rgbd": read_rgbd_folder, "tum": read_tum, "inloc": read_inloc_db}[fmt]
+    reader = {"rgbd": read_rgbd_folder, "tum": read_tum, "inloc": read_inloc_db, "colmap": read_colmap_db}[fmt]
     try:
         records = reader(path)
     except (OSError, ValueError, KeyError) as e:
@@ -94,7 +97,7 @@ def load_database_checked(path: str | Path, fmt: str = "auto") -> tuple[dict[str
 
 
 def load_database(path: str | Path, fmt: str = "auto") -> dict[str, DbImage]:
-    """Read a database by format ('auto', 'rgbd', 'tum', 'inloc') -> {name: DbImage}; DatabaseError if unusable.
+    """Read a database by format ('auto', 'rgbd', 'tum', 'inloc', 'colmap') -> {name: DbImage}; DatabaseError if unusable.
 
     Every record is checked (``record_problem``); unusable ones are left out with a warning."""
     return load_database_checked(path, fmt)[0]

@@ -15,6 +15,10 @@ class QueryError(InputError):
     """One query that cannot be localized (unreadable image, no camera): reported, the run goes on."""
 
 
+class PairsError(InputError):
+    """A pairs file (shortlist) or pair-keyed match file whose names do not resolve to the run's images."""
+
+
 class ConfigError(InputError, ValueError):
     """A configuration with an unknown key or an invalid value."""
 

@@ -1,9 +1,12 @@
 """Text file formats: poses file, query list with intrinsics, retrieval pairs; atomic writes.
 
-* Poses file (visuallocalization.net): ``name qw qx qy qz tx ty tz [top1_db_name]`` per line,
-  WORLD-TO-CAMERA, quaternion (w, x, y, z). Queries without a pose are omitted.
+* Poses file (visuallocalization.net): ``name qw qx qy qz tx ty tz`` per line (8 columns, written by
+  default), WORLD-TO-CAMERA, quaternion (w, x, y, z); the project's variant adds a 9th column, the
+  top-1 database image, which readers accept. Queries without a pose are omitted.
+* Top-1 side file: ``query_name db_name`` per line (the database image of each chosen pose).
 * Query list (hloc): ``name MODEL WIDTH HEIGHT params...`` per line (COLMAP camera models).
-* Pairs: ``query_name db_name [score]`` per line, best first per query.
+* Pairs: ``query_name db_name`` per line (hloc, written by default) or ``query_name db_name score``
+  (``with_scores``), best first per query; readers accept both.
 Lines starting with ``#`` and blank lines are ignored everywhere. A name holding whitespace or a
 quote is written shell-quoted (``'my query.jpg'``) and read back by ``split_fields``.
 """
@@ -125,8 +128,8 @@ def read_poses(path: str | Path) -> dict[str, PoseEntry]:
     return out
 
 
-def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry]) -> None:
-    """Write a poses file atomically (sorted by name); entries with a top-1 get a 9th column."""
+def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry], with_top1: bool = False) -> None:
+    """Write a poses file atomically (sorted by name): 8 columns, or a 9th (top-1 image) where known with ``with_top1``."""
     with atomic_write(path) as f:
         for name in sorted(poses):
             e = poses[name]
@@ -135,7 +138,7 @@ def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry]) -> None
                 continue
             q, t = entry.pose.qvec, entry.pose.t
             fields = [quote_name(name)] + [f"{v:.10g}" for v in (*q, *t)]
-            if entry.top1:
+            if with_top1 and entry.top1:
                 fields.append(quote_name(entry.top1))
             f.write(" ".join(fields) + "\n")
 
@@ -159,17 +162,35 @@ def write_query_list(path: str | Path, cameras: Mapping[str, Camera]) -> None:
 
 
 def read_pairs(path: str | Path) -> dict[str, list[tuple[str, float]]]:
-    """Read retrieval pairs 'query db [score]' -> {query: [(db, score), ...]} in file order."""
+    """Read pairs 'query db' or 'query db score' -> {query: [(db, score or NaN), ...]} in file order."""
     out: dict[str, list[tuple[str, float]]] = {}
-    for tok in _lines(path):
-        score = float(tok[2]) if len(tok) > 2 else float("nan")
+    for i, tok in enumerate(_lines(path)):
+        if len(tok) not in (2, 3):
+            raise ValueError(f"{path}: line {i + 1}: expected 'query_name db_name [score]', got {len(tok)} fields")
+        try:
+            score = float(tok[2]) if len(tok) == 3 else float("nan")
+        except ValueError:
+            raise ValueError(f"{path}: line {i + 1}: score {tok[2]!r} is not a number") from None
         out.setdefault(tok[0], []).append((tok[1], score))
     return out
 
 
-def write_pairs(path: str | Path, pairs: Mapping[str, Iterable[tuple[str, float]]]) -> None:
-    """Write 'query db score' lines atomically, in the given order per query."""
+def write_pairs(path: str | Path, pairs: Mapping[str, Iterable[tuple[str, float]]], with_scores: bool = False) -> None:
+    """Write 'query db' lines (hloc) atomically, in the given order per query; 'query db score' with ``with_scores``."""
     with atomic_write(path) as f:
         for q, lst in pairs.items():
             for db, s in lst:
-                f.write(f"{quote_name(q)} {quote_name(db)} {s:.6f}\n")
+                f.write(f"{quote_name(q)} {quote_name(db)} {s:.6f}\n" if with_scores else f"{quote_name(q)} {quote_name(db)}\n")
+
+
+def write_top1(path: str | Path, poses: Mapping[str, PoseEntry]) -> None:
+    """Write the top-1 side file 'query db' atomically (sorted by query; entries without a top-1 omitted)."""
+    with atomic_write(path) as f:
+        for name in sorted(poses):
+            if poses[name].top1:
+                f.write(f"{quote_name(name)} {quote_name(poses[name].top1)}\n")
+
+
+def read_top1(path: str | Path) -> dict[str, str]:
+    """Read a top-1 side file 'query db' (a pairs file: the first database image per query) -> {query: db}."""
+    return {q: lst[0][0] for q, lst in read_pairs(path).items()}

@@ -112,13 +112,23 @@ def _get_ranked(cache: StageCache, name: str, value_key: str) -> tuple[list[tupl
 
 
 def shortlist(ctx: RunContext) -> tuple[StageCache, Shortlists]:
-    """1. Global-descriptor retrieval: the top_k database images per query."""
+    """1. Global-descriptor retrieval: the top_k database images per query (the first top_k of ``ctx.pairs`` when given)."""
     conf = ctx.conf.retrieval
-    key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
+    if ctx.pairs is not None:
+        key = {"pairs": ctx.pairs_id, "top_k": conf.top_k, "dataset": ctx.dataset_id}
+    else:
+        key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
     cache = StageCache(ctx.export_dir, "shortlist", key)
     fps = {q.name: fingerprint(query_fp(ctx, q), database_fp(ctx)) for q in ctx.queries}
     todo = [q for q in ctx.queries if not cache.has(q.name, fps[q.name])]
-    if todo:
+    if todo and ctx.pairs is not None:
+        for q in todo:
+            if not ctx.pairs.get(q.name):
+                ctx.logs[q.name].fail("retrieval", "no pairs for this query in the pairs file")
+                continue
+            _put_ranked(cache, q.name, ctx.pairs[q.name][:conf.top_k], "scores", 0.0, fps[q.name])
+        cache.finalize()
+    elif todo:
         t0 = time.time()
         results = shortlist_stage.main(conf.method, list(ctx.database.values()), [(q.name, q.path) for q in todo],
                                        ctx.export_dir, conf.top_k, weights=conf.weights, device=ctx.device)
