@@ -146,7 +146,7 @@ def read_inloc_db(root: str | Path) -> list[DbImage]:
             flat = xyz.reshape(-1, 3) @ P[:3, :3].T + P[:3, 3]
             return flat.reshape(xyz.shape)
 
-        out.append(DbImage(name, img, cutout_camera(w, h), None, loader, floor=floor))
+        out.append(DbImage(name, img, cutout_camera(w, h), None, loader, floor=floor, depth_files=(mpath, apath)))
     if not out:
         raise DatabaseError(f"{cut}: no cutouts found as <floor>/<scan>/*.jpg")
     return out

@@ -99,19 +99,27 @@ def read_depth_scale(path: Path) -> float:
 
 def _check_poses_file(path: Path) -> None:
     """DatabaseError naming the line of the first malformed 'name qw qx qy qz tx ty tz [top1]' line."""
+    seen: dict[str, int] = {}
     for lineno, tok in numbered_rows(path):
         if len(tok) not in (8, 9):
             raise DatabaseError(f"{path}: line {lineno}: expected 'name qw qx qy qz tx ty tz', got {len(tok)} fields")
         parse_floats(path, lineno, tok[1:8], "the quaternion and translation")
+        if tok[0] in seen:
+            raise DatabaseError(f"{path}: {tok[0]} is listed twice (lines {seen[tok[0]]} and {lineno})")
+        seen[tok[0]] = lineno
 
 
 def _check_cameras_file(path: Path) -> None:
     """DatabaseError naming the line of the first malformed 'name MODEL W H params...' line."""
+    seen: dict[str, int] = {}
     for lineno, tok in numbered_rows(path):
         try:
             Camera.from_tokens(tok[1:])
         except (ValueError, IndexError) as e:
             raise DatabaseError(f"{path}: line {lineno}: bad camera line ({e})") from None
+        if tok[0] in seen:
+            raise DatabaseError(f"{path}: {tok[0]} is listed twice (lines {seen[tok[0]]} and {lineno})")
+        seen[tok[0]] = lineno
 
 
 def read_rgbd_folder(root: str | Path) -> list[DbImage]:
@@ -141,7 +149,7 @@ def read_rgbd_folder(root: str | Path) -> list[DbImage]:
         def loader(dpath: Path = dpath, cam: Camera = cam, pose: Pose = pose) -> np.ndarray:
             return depth_to_world(load_depth_map(dpath, scale, cam), cam, pose)
 
-        out.append(DbImage(name, root / "images" / name, cam, pose, loader))
+        out.append(DbImage(name, root / "images" / name, cam, pose, loader, depth_files=(dpath,)))
     return out
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from localize.core.errors import DatabaseError
+from localize.core.formats import split_fields
 
 
 def numbered_rows(path: str | Path) -> Iterator[tuple[int, list[str]]]:
@@ -20,7 +21,7 @@ def numbered_rows(path: str | Path) -> Iterator[tuple[int, list[str]]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
-            yield lineno, line.split()
+            yield lineno, split_fields(line)
 
 
 def parse_floats(path: str | Path, lineno: int, fields: list[str], what: str) -> list[float]:

@@ -163,7 +163,7 @@ def read_tum(root: str | Path, camera: Camera | str = "calibrated",
         def loader(dpath: Path = dpath, pose: Pose = fr.pose) -> np.ndarray:
             return depth_to_world(load_depth_map(dpath, TUM_DEPTH_SCALE, cam), cam, pose)
 
-        out.append(DbImage(frame_name(fr), root / fr.rgb_file, cam, fr.pose, loader))
+        out.append(DbImage(frame_name(fr), root / fr.rgb_file, cam, fr.pose, loader, depth_files=(dpath,)))
     return out
 
 

@@ -1,9 +1,10 @@
 """Score estimated poses against ground truth as the InLoc benchmark does.
 
-``python -m localize.evaluate_inloc --gt refposes.mat --poses poses.txt|ImgList.mat``
+``python -m localize.evaluate_inloc --gt refposes.mat --poses poses.txt|ImgList.mat [--top1 top1.txt]``
 Recall = % of ground-truth queries within (position m, rotation deg) thresholds; a query
-without an estimate counts as failed; where the top-1 database image is known and lies on
-another floor than the ground truth's group, the query counts as failed (InLoc rule).
+without an estimate counts as failed; where the top-1 database image is known (ImgList, the
+``--top1`` side file or a poses file's 9th column) and lies on another floor than the ground
+truth's group, the query counts as failed (InLoc rule).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 import scipy.io
 
 from datasets.inloc import floor_of
-from localize.core.formats import PoseEntry, atomic_write, read_poses, write_poses
+from localize.core.formats import PoseEntry, atomic_write, read_poses, read_top1, write_poses, write_top1
 from localize.core.geometry import Pose, pose_error
 
 logger = logging.getLogger(__name__)
@@ -61,12 +63,17 @@ def read_imglist(path: str | Path) -> dict[str, PoseEntry | None]:
     return out
 
 
-def read_estimates(path: str | Path) -> dict[str, PoseEntry | None]:
-    """Estimated poses: an InLoc ImgList .mat or a poses file (optional 9th column = top-1 db name)."""
+def read_estimates(path: str | Path, top1_path: str | Path | None = None) -> dict[str, PoseEntry | None]:
+    """Estimated poses: an InLoc ImgList .mat or a poses file (optional 9th column = top-1 db name).
+
+    ``top1_path``: a top-1 side file ('query db' lines) whose names replace the top-1 images.
+    """
     path = Path(path)
-    if path.suffix.lower() == ".mat":
-        return read_imglist(path)
-    return dict(read_poses(path))
+    est = read_imglist(path) if path.suffix.lower() == ".mat" else dict(read_poses(path))
+    if top1_path is not None:
+        top1 = read_top1(top1_path)
+        est = {q: None if e is None else PoseEntry(e.pose, top1.get(q, e.top1)) for q, e in est.items()}
+    return est
 
 
 @dataclass
@@ -85,6 +92,8 @@ def evaluate(gt: Mapping[str, Mapping[str, Pose]], estimates: Mapping[str, PoseE
     """Score per group and for 'all'; returns (results, per-query (position m, rotation deg) errors)."""
     errors: dict[str, tuple[float, float]] = {}
     groups: dict[str, list[str]] = {}
+    if floor_rule and len(gt) > 1 and estimates and not any(e is not None and e.top1 for e in estimates.values()):
+        logger.warning("no top-1 database images known (give the top-1 side file, --top1): floor rule not applied")
     for group, queries in gt.items():
         groups[group] = sorted(queries)
         for q, ref in queries.items():
@@ -162,15 +171,23 @@ def plot_curves(errors: Mapping[str, tuple[float, float]], gt: Mapping[str, Mapp
 
 def main(gt_path: str | Path, poses_path: str | Path, gt_format: str = "inloc",
          thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS, json_path: str | Path | None = None,
-         plot_path: str | Path | None = None) -> dict[str, GroupResult]:
-    """Evaluate, print the table, optionally write JSON and the error-curve PNG."""
+         plot_path: str | Path | None = None, top1_path: str | Path | None = None) -> dict[str, GroupResult]:
+    """Evaluate, print the table, optionally write JSON and the error-curve PNG (``top1_path``: top-1 side file)."""
     if gt_format == "inloc":
         gt = read_inloc_gt(gt_path)
     elif gt_format == "poses":
         gt = {"all": {q: e.pose for q, e in read_poses(gt_path).items()}}
     else:
         raise ValueError(f"unknown --gt-format {gt_format!r}")
-    est = read_estimates(poses_path)
+    est = read_estimates(poses_path, top1_path)
+    gt_names = {q for group in gt.values() for q in group}
+    if est and not gt_names & set(est):
+        print(f"warning: none of the {len(est)} names in {poses_path} is a ground-truth query of {gt_path} "
+              f"(e.g. {sorted(est)[0]!r} vs {sorted(gt_names)[0] if gt_names else '(none)'!r}): every query counts "
+              f"as failed", file=sys.stderr)
+    elif est and len(set(est) - gt_names):
+        print(f"warning: {len(set(est) - gt_names)} of the {len(est)} names in {poses_path} are not ground-truth "
+              f"queries (ignored), e.g. {sorted(set(est) - gt_names)[0]!r}", file=sys.stderr)
     results, errors = evaluate(gt, est, thresholds)
     print(format_table(results, thresholds))
     if json_path:
@@ -197,16 +214,23 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gt", required=True, help="InLoc refposes .mat, or a poses file with --gt-format poses")
     p.add_argument("--gt-format", choices=["inloc", "poses"], default="inloc")
     p.add_argument("--poses", required=True, help="poses file (world-to-camera, optional top-1 column) or ImgList .mat")
+    p.add_argument("--top1", default=None, help="top-1 side file ('query db' lines, localize.run's top1.txt) "
+                                                  "for the floor rule")
     p.add_argument("--thresholds", type=parse_thresholds, default=DEFAULT_THRESHOLDS,
                    help="'pos_m,rot_deg;...' (default '0.25,10;0.5,10;1,10')")
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--plot", help="write the cumulative error curves (PNG) here")
-    p.add_argument("--write-poses", help="also write the estimates as a poses file (with the top-1 column)")
+    p.add_argument("--write-poses", help="also write the estimates as a poses file (8 columns)")
+    p.add_argument("--write-top1", help="also write their top-1 database images as a side file ('query db' lines)")
     a = p.parse_args(argv)
-    if a.write_poses:
-        write_poses(a.write_poses, {q: e for q, e in read_estimates(a.poses).items() if e is not None})
+    if a.write_poses or a.write_top1:
+        est = {q: e for q, e in read_estimates(a.poses, a.top1).items() if e is not None}
+        if a.write_poses:
+            write_poses(a.write_poses, est)
+        if a.write_top1:
+            write_top1(a.write_top1, est)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(a.gt, a.poses, a.gt_format, a.thresholds, a.json, a.plot)
+    main(a.gt, a.poses, a.gt_format, a.thresholds, a.json, a.plot, a.top1)
     return 0
 
 

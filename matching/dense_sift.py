@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from localize.core.errors import QueryError
+
 NUM_ORIENTATIONS = 8
 NUM_CELLS = 4
 DESCRIPTOR_DIM = NUM_ORIENTATIONS * NUM_CELLS * NUM_CELLS
@@ -86,7 +88,7 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
     B, _, H, W = gray.shape
     h, w = H // step, W // step
     if h == 0 or w == 0:
-        raise ValueError(f"image {W}x{H} smaller than one descriptor step {step}")
+        raise QueryError(f"image {W}x{H} smaller than one descriptor step {step}")
     gray = gray.float()
     omaps = orientation_maps(gray, sigma)
     # bilinear spatial binning = separable triangular filter (two box filters), then sampling at cell centres

@@ -19,7 +19,7 @@ small set of relative scales (the configuration with the strongest mutual neares
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from localize.core.config import from_dict
 from localize.core.torchfile import load_torch_file
 from matching.correlation import feature_l2norm
 from matching.extract import extract_matches
@@ -53,14 +54,6 @@ class LearnedConfig:
         self.widths = tuple(int(w) for w in self.widths)
         if len(self.widths) != 4:
             raise ValueError("widths needs 4 entries")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LearnedConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown LearnedConfig keys {sorted(unknown)}")
-        return cls(**d)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -129,7 +122,7 @@ def load_learned_features(path: str | Path | None = None, device: str | torch.de
         conf, sd = obj["feature_config"], obj["model"]
     else:
         raise ValueError(f"{path}: neither format {LEARNED_FORMAT!r} nor a train_features checkpoint")
-    model = LearnedFeatures(LearnedConfig.from_dict(dict(conf)))
+    model = LearnedFeatures(from_dict(LearnedConfig, dict(conf)))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
     return model.to(device).eval()
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from localize.core.config import from_dict
+from localize.core.config import from_dict, positive_int
 from localize.core.errors import InputError
 from localize.core.records import load_rgb
 from matching.extract import extract_matches
@@ -173,15 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--features", choices=["resnet101", "dense-rootsift", "learned"], default=None,
                     help="feature extractor (default: from the checkpoint, else dense-rootsift)")
     ap.add_argument("--backbone-weights", help="torchvision resnet101 .pth (when the checkpoint has no backbone)")
-    ap.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="longer image side after resizing")
+    ap.add_argument("--image-size", type=positive_int, default=DEFAULT_IMAGE_SIZE, help="longer image side after resizing")
     ap.add_argument("--relocalize", action="store_true", help="2x2x2x2 max-pooling + relocalization")
     ap.add_argument("--no-consensus", action="store_true", help="correlation + mutual NN only")
     ap.add_argument("--refine", action="store_true", help="sub-cell refinement at full resolution")
     ap.add_argument("--half", action="store_true", help="float16 consensus (CUDA)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--max-matches", type=int, default=None)
+    ap.add_argument("--max-matches", type=positive_int, default=None)
     ap.add_argument("--sparse", action="store_true", help="Sparse-NCNet: top-k sparse correlation + sparse consensus")
-    ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="--sparse: matches kept per cell, both directions")
+    ap.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K, help="--sparse: matches kept per cell, both directions")
     ap.add_argument("--reloc-mode", choices=list(RELOCALIZATION_MODES), default="hard+soft",
                     help="--sparse with --relocalize: relocalization mode")
     ap.add_argument("--out", help="write matches to this HDF5 file")

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from datasets.rgbd_folder import read_rgbd_folder
 from datasets.synthetic import gt_correspondences
+from localize.core.config import from_dict
 from localize.core.torchfile import load_torch_file
 from matching.learned_features import (
     LearnedConfig,
@@ -92,14 +93,6 @@ class TrainFeaturesConfig:
     resume: bool = False
     export: str = ""  # also write the packaged weight file here at the end
     feature: dict = field(default_factory=lambda: LearnedConfig().to_dict())
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainFeaturesConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TrainFeaturesConfig keys {sorted(unknown)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -366,7 +359,7 @@ def set_determinism(conf: TrainFeaturesConfig) -> None:
 
 def build_model(conf: TrainFeaturesConfig) -> LearnedFeatures:
     torch.manual_seed(conf.seed)
-    return LearnedFeatures(LearnedConfig.from_dict(dict(conf.feature)))
+    return LearnedFeatures(from_dict(LearnedConfig, dict(conf.feature)))
 
 
 def lr_at(conf: TrainFeaturesConfig, it: int) -> float:
@@ -431,7 +424,7 @@ def main(conf: TrainFeaturesConfig) -> dict:
     state = None
     if conf.resume and out.is_file():
         state = load_torch_file(out)
-        saved = TrainFeaturesConfig.from_dict(state["config"])
+        saved = from_dict(TrainFeaturesConfig, state["config"])
         # the schedule and data come from the saved run; only run-control options may change
         for k in ("out", "time_limit", "stop_after", "resume", "export", "device", "workers", "threads", "log_every",
                   "checkpoint_every"):
@@ -450,7 +443,7 @@ def main(conf: TrainFeaturesConfig) -> dict:
         log.info("resumed %s at iteration %d", out, start)
     log.info("features %s: %d parameters; config %s", model.config, num_parameters(model), conf)
     source = PairSource(conf, "train")
-    val_source = PairSource(TrainFeaturesConfig.from_dict({**asdict(conf), "synthetic": ""}), "val") \
+    val_source = PairSource(from_dict(TrainFeaturesConfig, {**asdict(conf), "synthetic": ""}), "val") \
         if conf.val_pairs > 0 else None
     model.train()
     it = start
@@ -557,7 +550,7 @@ def cli(argv: list[str] | None = None) -> int:
         return 0
     vals = {f.name: getattr(args, f.name) for f in fields(TrainFeaturesConfig) if f.name != "feature"}
     vals["feature"] = LearnedConfig(channels=args.channels, stride=args.stride).to_dict()
-    conf = TrainFeaturesConfig.from_dict(vals)
+    conf = from_dict(TrainFeaturesConfig, vals)
     res = main(conf)
     print(json.dumps({k: v for k, v in res.items() if k != "history"}))
     return 0

@@ -3,7 +3,7 @@
 Usage::
 
     python -m pose.estimate --db DB --db-format rgbd|tum|inloc --matches MATCHES \
-        --queries-list queries_with_intrinsics.txt --query-dir QUERY_DIR --out poses.txt \
+        --queries-list queries_with_intrinsics.txt --query-dir QUERY_DIR --out poses.txt [--top1 top1.txt] \
         [--densepv] [--save-renders DIR] [--backend pycolmap|opencv] [--max-error PX] [--reference-size 640] \
         [--top-n 10] [--order-by matches|inliers] [--pooled] [--min-score S]
 
@@ -17,8 +17,9 @@ named ``entry``, as written by ``localize.core.cache.StageCache``) ``<query>/<db
 The query part is matched against the names of the query list (longest prefix), so names may
 contain '/'. Pairs whose query is not in the list are ignored (with a warning).
 
-Output: poses file ``name qw qx qy qz tx ty tz top1_db`` (WORLD-TO-CAMERA); queries without a
-pose are absent and reported in the log. Exit status 0 when the run completed.
+Output: poses file ``name qw qx qy qz tx ty tz`` (WORLD-TO-CAMERA, 8 columns) and, with ``--top1``,
+the top-1 side file ``query db`` (database image of each chosen pose); queries without a pose are
+absent and reported in the log. Exit status 0 when the run completed.
 
 Library use (hloc stage shape): ``main(conf, db, matches, queries_list, out)`` -> ``EstimateOutputs``;
 ``cli(argv)`` parses the command line. The final pose of a query is chosen by
@@ -41,10 +42,10 @@ from urllib.parse import unquote
 import h5py
 import numpy as np
 
-from datasets.database import load_database
-from localize.core.config import from_dict
+from datasets.database import DB_FORMATS, load_database
+from localize.core.config import from_dict, nonnegative_float, nonnegative_int, positive_float, positive_int
 from localize.core.errors import InputError
-from localize.core.formats import PoseEntry, read_query_list, write_poses
+from localize.core.formats import PoseEntry, read_query_list, write_poses, write_top1
 from localize.core.geometry import Camera
 from localize.core.records import DbImage, load_rgb
 from pose.candidates import Candidate, CandidatesConfig, PairMatches, choose_pose, estimate_candidates
@@ -150,8 +151,9 @@ def localize_query(name: str, camera: Camera, pairs: list[PairMatches], db: Mapp
 
 def main(conf: EstimateConfig | Mapping[str, Any] | None, db: str | Path, matches: str | Path,
          queries_list: str | Path, out: str | Path | None = None, db_format: str = "rgbd",
-         query_dir: str | Path | None = None, save_renders: str | Path | None = None) -> EstimateOutputs:
-    """Localize the listed queries from their matches; writes the poses file ``out`` if given.
+         query_dir: str | Path | None = None, save_renders: str | Path | None = None,
+         top1_out: str | Path | None = None) -> EstimateOutputs:
+    """Localize the listed queries from their matches; writes the poses file ``out`` (and ``top1_out``) if given.
 
     Raises InputError / OSError / ValueError for an unusable database, query list, match file or
     configuration (DensePV needs ``query_dir``); a query that fails is reported in the outputs.
@@ -192,6 +194,8 @@ def main(conf: EstimateConfig | Mapping[str, Any] | None, db: str | Path, matche
         res.poses[name] = PoseEntry(best.result.pose, best.top1_db)
         logger.info("%s: %s from %s%s", name, best.result.summary(), best.db_name,
                     f", DensePV {best.densepv_score:.3f}" if best.densepv_score is not None else "")
+    if top1_out is not None:
+        write_top1(top1_out, res.poses)
     if out is not None:
         write_poses(out, res.poses)
         logger.info("wrote %d poses to %s (%d failed) in %.1f s", len(res.poses), out, len(res.failures),
@@ -205,32 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, help="database root")
-    p.add_argument("--db-format", default="rgbd", choices=("rgbd", "tum", "inloc"))
+    p.add_argument("--db-format", default="rgbd", choices=DB_FORMATS)
     p.add_argument("--matches", required=True, help="HDF5 match file or directory of them")
     p.add_argument("--queries-list", required=True, help="'name MODEL W H params...' per query")
     p.add_argument("--query-dir", default=None, help="query images (needed for --densepv)")
-    p.add_argument("--out", required=True, help="output poses file")
+    p.add_argument("--out", required=True, help="output poses file (8 columns)")
+    p.add_argument("--top1", default=None, help="also write the top-1 side file ('query db' lines) here")
     p.add_argument("--densepv", action="store_true", help="re-rank candidates by dense pose verification")
     p.add_argument("--save-renders", default=None, help="folder for DensePV debug PNGs (implies --densepv)")
     p.add_argument("--backend", default="pycolmap", choices=("pycolmap", "opencv"))
-    p.add_argument("--max-error", type=float, default=PnPConfig.max_error,
+    p.add_argument("--max-error", type=positive_float, default=PnPConfig.max_error,
                    help="RANSAC threshold: px per --reference-size px of the query's longer side (never less)")
-    p.add_argument("--reference-size", type=int, default=640,
+    p.add_argument("--reference-size", type=nonnegative_int, default=640,
                    help="longer image side at which --max-error holds as given; 0 = --max-error in plain query px")
-    p.add_argument("--min-inliers", type=int, default=PnPConfig.min_inliers)
+    p.add_argument("--min-inliers", type=positive_int, default=PnPConfig.min_inliers)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top-n", type=int, default=10)
+    p.add_argument("--top-n", type=positive_int, default=10)
     p.add_argument("--order-by", "--rerank-by", dest="order_by", default="matches", choices=("matches", "inliers"),
                    help="order of the shortlisted images before top-n: lifted matches (InLoc) or PnP inliers "
                         "(--rerank-by: the former name)")
     p.add_argument("--pooled", action="store_true", help="add one PnP over all kept images' matches")
-    p.add_argument("--min-score", type=float, default=0.0, help="drop matches with a lower score")
-    p.add_argument("--render-size", type=int, default=DensePVConfig.target_size,
+    p.add_argument("--min-score", type=nonnegative_float, default=0.0, help="drop matches with a lower score")
+    p.add_argument("--render-size", type=positive_int, default=DensePVConfig.target_size,
                    help="DensePV rendering: longer side in px")
-    p.add_argument("--render-scale", type=float, default=None, help="DensePV rendering scale (overrides size)")
+    p.add_argument("--render-scale", type=positive_float, default=None, help="DensePV rendering scale (overrides size)")
     p.add_argument("--whole-scan", action="store_true",
                    help="DensePV renders every cutout of the candidate's scan (InLoc layout), points subsampled")
-    p.add_argument("--scan-stride", type=int, default=4, help="point subsampling for --whole-scan")
+    p.add_argument("--scan-stride", type=positive_int, default=4, help="point subsampling for --whole-scan")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -254,7 +259,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         main(conf_from_args(args), args.db, args.matches, args.queries_list, args.out, args.db_format,
-             args.query_dir, args.save_renders)
+             args.query_dir, args.save_renders, args.top1)
     except (InputError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 2

@@ -8,10 +8,13 @@ dense matches" done cheaply (~0.1 s per pair at 320 px on a CPU core), before th
 
 Library use: ``main(conf, shortlists, database, queries)``; CLI (also ``python -m retrieval.rerank``)::
 
-    python -m pose.verify_shortlist --pairs shortlist.txt --db DB [--db-format rgbd|tum|inloc]
+    python -m pose.verify_shortlist --pairs shortlist.txt --db DB [--db-format rgbd|tum|inloc|colmap]
         --query-dir DIR [--queries-list queries_with_intrinsics.txt] [--top-k 40] --out reranked.txt
+        [--name-style inloc|hloc] [--with-scores]
 
-writes ``query_name db_name inliers`` lines, best first per query.
+reads ``query db [score]`` lines (names in ``--name-style``; a file whose names resolve to nothing is
+an error naming the first), writes ``query_name db_name`` lines in the same names, best first per
+query (``query_name db_name inliers`` with ``--with-scores``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from tqdm import tqdm
 
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import list_query_images
-from localize.core.config import from_dict
-from localize.core.errors import InputError
+from localize.core.config import from_dict, positive_float, positive_int
+from localize.core.errors import PER_ITEM_ERRORS, InputError
 from localize.core.formats import read_pairs, write_pairs
 from localize.core.geometry import Camera
+from localize.core.hloc import NAME_STYLES, resolve_pairs, to_hloc_name
 from localize.core.records import DbImage, load_rgb
 from matching.extract import cell_to_pixels
 from matching.features import build_features
@@ -132,7 +136,7 @@ class ShortlistVerifier:
                 p2 = cell_centers(ia.cpu().numpy(), gq, hq)
                 res = estimate_pose(p2[ok], p3[ok], cam, pnp)
                 out[name] = int(res.num_inliers) if res.success else 0
-            except (InputError, OSError, ValueError) as e:  # one bad database image must not stop the query
+            except PER_ITEM_ERRORS as e:  # one bad database image must not stop the query
                 logger.warning("verification: %s: %s", name, e)
                 out[name] = 0
         return out
@@ -155,7 +159,7 @@ def main(conf: VerifyConfig | Mapping[str, Any] | None, shortlists: Mapping[str,
             continue
         try:
             img = load_rgb(path)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             logger.warning("query %s: %s", name, e)
             continue
         lst = list(shortlists[name])[:top_k]
@@ -171,26 +175,31 @@ def cli(argv: Sequence[str] | None = None, prog: str = "python -m pose.verify_sh
     p.add_argument("--db-format", default="rgbd", choices=DB_FORMATS)
     p.add_argument("--query-dir", required=True)
     p.add_argument("--queries-list", default=None, help="'name MODEL W H params...' lines (query intrinsics)")
-    p.add_argument("--top-k", type=int, default=40, help="shortlisted images verified per query")
-    p.add_argument("--image-size", type=int, default=VerifyConfig.image_size)
-    p.add_argument("--max-error-cells", type=float, default=VerifyConfig.max_error_cells)
+    p.add_argument("--top-k", type=positive_int, default=40, help="shortlisted images verified per query")
+    p.add_argument("--image-size", type=positive_int, default=VerifyConfig.image_size)
+    p.add_argument("--max-error-cells", type=positive_float, default=VerifyConfig.max_error_cells)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
+    p.add_argument("--name-style", choices=NAME_STYLES, default="inloc",
+                   help="names of --pairs and --out: the project's ('inloc') or relative to the InLoc root ('hloc')")
+    p.add_argument("--with-scores", action="store_true", help="write the inlier counts as a third column")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     conf = VerifyConfig(image_size=a.image_size, max_error_cells=a.max_error_cells)
     print("configuration:", asdict(conf))
     try:
         database = load_database(a.db, a.db_format)
-        pairs = read_pairs(a.pairs)
-        queries = [(q.name, q.path, q.camera) for q in list_query_images(a.query_dir, a.queries_list, a.db_format)
-                   if not q.error and q.camera is not None]
+        listed = list_query_images(a.query_dir, a.queries_list, a.db_format)
+        pairs = resolve_pairs(read_pairs(a.pairs), [q.name for q in listed], database, a.pairs, a.name_style)
+        queries = [(q.name, q.path, q.camera) for q in listed if not q.error and q.camera is not None]
     except (InputError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 2
     t0 = time.time()
     res = main(conf, pairs, database, queries, a.top_k, a.device)
-    write_pairs(a.out, {q: [(n, float(s)) for n, s in lst] for q, lst in res.items()})
+    write_pairs(a.out, {to_hloc_name(q, "query", a.name_style): [(to_hloc_name(n, "db", a.name_style), float(s))
+                                                                  for n, s in lst] for q, lst in res.items()},
+                a.with_scores)
     print(f"re-ranked {len(res)} queries in {time.time() - t0:.1f} s -> {a.out}")
     return 0
 

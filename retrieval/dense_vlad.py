@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from localize.core.errors import QueryError
 from matching.dense_sift import DESCRIPTOR_DIM, dense_rootsift
 from retrieval.config import RetrievalConfig
 from retrieval.netvlad import NetVLAD
@@ -62,5 +63,5 @@ def dense_local_features(rgb: np.ndarray, conf: RetrievalConfig, device: str | t
         d = dense_rootsift(t, bin_size=conf.bin_size, step=conf.step)
         parts.append(d[0].flatten(1))
     if not parts:
-        raise ValueError(f"image {rgb.shape[1]}x{rgb.shape[0]} too small for dense descriptors")
+        raise QueryError(f"image {rgb.shape[1]}x{rgb.shape[0]} too small for dense descriptors")
     return torch.cat(parts, 1)

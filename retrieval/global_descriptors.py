@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from localize.core.cache import StageCache, file_fingerprint
+from localize.core.cache import StageCache, content_fingerprint, file_fingerprint
 from localize.core.records import load_rgb
 from retrieval.config import RetrievalConfig, find_weights, resolve_conf
 from retrieval.dense_vlad import DenseVLAD, dense_local_features, resize_max
@@ -37,11 +37,10 @@ logger = logging.getLogger(__name__)
 
 
 def images_fingerprint(images: Sequence[tuple[str, Path]]) -> str:
-    """Identity of an image set: sorted names and file sizes (12 hex digits)."""
+    """Identity of an image set: sorted names and file contents (12 hex digits)."""
     h = hashlib.sha1()
     for name, path in sorted((str(n), Path(p)) for n, p in images):
-        size = path.stat().st_size if path.exists() else -1
-        h.update(f"{name}\0{size}\n".encode())
+        h.update(f"{name}\0{content_fingerprint(path)}\n".encode())
     return h.hexdigest()[:12]
 
 
@@ -181,7 +180,7 @@ def global_descriptors(extractor: GlobalExtractor, images: Sequence[tuple[str, P
     todo = []
     for i, (name, path) in enumerate(images):
         key = f"{role}/{name}"
-        if cache is not None and cache.has(key):
+        if cache is not None and cache.has(key, content_fingerprint(path)):
             e = cache.get(key)
             if e.get("path") == str(path) and e["descriptor"].shape == (extractor.dim,):
                 out[i] = e["descriptor"]
@@ -194,7 +193,7 @@ def global_descriptors(extractor: GlobalExtractor, images: Sequence[tuple[str, P
         name, path = images[i]
         out[i] = extractor.describe(load_rgb(path))
         if cache is not None:
-            cache.put(f"{role}/{name}", {"descriptor": out[i], "path": str(path)})
+            cache.put(f"{role}/{name}", {"descriptor": out[i], "path": str(path)}, content_fingerprint(path))
     if cache is not None and todo and finalize:
         cache.finalize()
     return out

@@ -4,9 +4,10 @@ CLI::
 
     python -m retrieval.shortlist --db DB [--db-format rgbd|tum|inloc] --queries DIR|LIST [--query-dir DIR]
         [--top-k 40] --out pairs.txt [--export-dir DIR] [--conf NAME] [--netvlad-weights FILE]
-        [--index flat|ivf|ivfsq8|ivfpq] [--nprobe 16] [--device cpu|cuda]
+        [--index flat|ivf|ivfsq8|ivfpq] [--nprobe 16] [--device cpu|cuda] [--with-scores]
 
-writes ``query_name db_name score`` lines, best first per query (``localize.core.formats.write_pairs``).
+writes ``query_name db_name`` lines (hloc's pairs layout), best first per query, or ``query_name db_name
+score`` with ``--with-scores`` (``localize.core.formats.write_pairs``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.database import load_database
+from datasets.database import DB_FORMATS, load_database
 from datasets.queries import image_files
-from localize.core.errors import DatabaseError, InputError
+from localize.core.config import nonnegative_int, positive_int
+from localize.core.errors import PER_ITEM_ERRORS, DatabaseError, InputError
 from localize.core.formats import read_query_list, write_pairs
 from localize.core.records import DbImage
 from retrieval.config import CONFS, RetrievalConfig, resolve_conf
@@ -81,8 +83,9 @@ def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Seque
          queries: str | Path | Sequence[tuple[str, Path]], export_dir: str | Path | None, top_k: int = 40,
          out: str | Path | None = None, db_format: str = "auto", weights: str | Path | None = None,
          device: str = "cpu", index: str = "flat", nprobe: int = 16, query_dir: str | Path | None = None,
-         skip_unreadable: bool = True) -> dict[str, list[tuple[str, float]]]:
-    """Shortlist the top_k database images per query -> {query: [(db_name, score), ...]}; writes ``out`` if given.
+         skip_unreadable: bool = True, with_scores: bool = False) -> dict[str, list[tuple[str, float]]]:
+    """Shortlist the top_k database images per query -> {query: [(db_name, score), ...]}; writes ``out`` if given
+    (2 columns, or with the scores as a third with ``with_scores``).
 
     Unreadable query images are skipped with a warning naming them (``skip_unreadable``);
     unreadable database images raise.
@@ -101,7 +104,7 @@ def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Seque
         try:
             q_desc.append(global_descriptors(ext, [item], export_dir, role="query", finalize=False)[0])
             good.append(item[0])
-        except (OSError, ValueError) as e:  # unreadable image / image too small for dense descriptors
+        except PER_ITEM_ERRORS as e:  # unreadable image / image too small for dense descriptors
             if not skip_unreadable:
                 raise
             logger.warning("query %s skipped: %s", item[0], e)
@@ -112,7 +115,7 @@ def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Seque
     logger.info("retrieval: %d queries x %d database images, top-%d in %.1f s", len(good), len(dbi), top_k,
                 time.time() - t0)
     if out is not None:
-        write_pairs(out, pairs)
+        write_pairs(out, pairs, with_scores)
         logger.info("wrote %s", out)
     return pairs
 
@@ -122,18 +125,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m retrieval.shortlist", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--db", required=True, help="database: plain RGB-D folder, TUM sequence or InLoc root")
-    p.add_argument("--db-format", default="auto", choices=["auto", "rgbd", "tum", "inloc"])
+    p.add_argument("--db-format", default="auto", choices=DB_FORMATS)
     p.add_argument("--queries", required=True, help="query image directory, or a query list file (name first per line)")
     p.add_argument("--query-dir", default=None, help="images of a query list (default: LIST_DIR/images or LIST_DIR)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--out", required=True, help="pairs file: 'query db score' lines, best first")
+    p.add_argument("--top-k", type=positive_int, default=40)
+    p.add_argument("--out", required=True, help="pairs file: 'query db' lines (hloc), best first")
+    p.add_argument("--with-scores", action="store_true", help="add the retrieval score as a third column")
     p.add_argument("--export-dir", default=None, help="cache folder (default: next to --out)")
     p.add_argument("--conf", default="dense-rootsift-vlad", choices=sorted(CONFS))
     p.add_argument("--netvlad-weights", default=None, help="weight file (official .mat or retrieval.train checkpoint)")
     p.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq8", "ivfpq"])
-    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--nprobe", type=positive_int, default=16)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="torch intra-op threads (0 = torch default; 1 is fastest on small shared CPUs)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -152,7 +156,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     export = Path(args.export_dir) if args.export_dir else Path(args.out).resolve().parent / "retrieval-cache"
     try:
         pairs = main(args.conf, args.db, args.queries, export, args.top_k, args.out, args.db_format,
-                     args.netvlad_weights, args.device, args.index, args.nprobe, args.query_dir)
+                     args.netvlad_weights, args.device, args.index, args.nprobe, args.query_dir,
+                     with_scores=args.with_scores)
     except (InputError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 2

@@ -23,12 +23,21 @@ def test_published_inloc_figures(inloc_shared, tmp_path):
     assert doc["thresholds"] == [[0.25, 10], [0.5, 10], [1.0, 10]]
     assert doc["num_queries"] == {"DUC1": 198, "DUC2": 131, "all": 329}
     assert (tmp_path / "c.png").stat().st_size > 1000
-    # the same after conversion to a poses file with the top-1 column
-    evaluate_inloc.cli(["--gt", str(gt), "--poses", str(est), "--write-poses", str(tmp_path / "p.txt")])
-    assert all(e.top1 for e in read_poses(tmp_path / "p.txt").values())
-    res2 = evaluate_inloc.main(gt, tmp_path / "p.txt")
+    # the same after conversion to an 8-column poses file + top-1 side file, and to the 9-column variant
+    evaluate_inloc.cli(["--gt", str(gt), "--poses", str(est), "--write-poses", str(tmp_path / "p.txt"),
+                        "--write-top1", str(tmp_path / "t.txt")])
+    assert all(len(line.split()) == 8 for line in (tmp_path / "p.txt").read_text().splitlines())
+    assert not any(e.top1 for e in read_poses(tmp_path / "p.txt").values())
+    res2 = evaluate_inloc.main(gt, tmp_path / "p.txt", top1_path=tmp_path / "t.txt")
+    write_poses(tmp_path / "p9.txt", evaluate_inloc.read_estimates(tmp_path / "p.txt", tmp_path / "t.txt"),
+                with_top1=True)
+    res3 = evaluate_inloc.main(gt, tmp_path / "p9.txt")
     for floor, ref in PUBLISHED.items():
         assert [round(v, 1) for v in res2[floor].recall] == ref
+        assert [round(v, 1) for v in res3[floor].recall] == ref
+    # without the top-1 images the floor rule cannot apply: wrong-floor queries count by their pose error
+    res4 = evaluate_inloc.main(gt, tmp_path / "p.txt")
+    assert res4["DUC1"].median_rotation_deg < res["DUC1"].median_rotation_deg
 
 
 def _refposes(path, groups):
@@ -49,7 +58,7 @@ def test_floor_rule_missing_and_thresholds(tmp_path):
         "a.jpg": PoseEntry(moved, "F1/000/x.jpg"),
         "b.jpg": PoseEntry(p2, "F2/001/y.jpg"),   # exact, but retrieved on the wrong floor
         # c.jpg missing -> failed
-    })
+    }, with_top1=True)
     res = evaluate_inloc.main(tmp_path / "gt.mat", tmp_path / "est.txt")
     assert res["F1"].recall == [0.0, 50.0, 50.0]
     assert res["F2"].recall == [0.0, 0.0, 0.0]

@@ -15,9 +15,11 @@ from localize.core.formats import (
     read_pairs,
     read_poses,
     read_query_list,
+    read_top1,
     write_pairs,
     write_poses,
     write_query_list,
+    write_top1,
 )
 from localize.core.geometry import Camera, Pose, look_at
 
@@ -28,9 +30,16 @@ def test_poses_file_roundtrip(tmp_path):
     write_poses(tmp_path / "p.txt", poses)
     text = (tmp_path / "p.txt").read_text().splitlines()
     assert len(text) == 2  # the NaN pose is omitted
+    assert all(len(line.split()) == 8 for line in text)  # visuallocalization.net: 8 columns by default
     back = read_poses(tmp_path / "p.txt")
     np.testing.assert_allclose(back["q1.jpg"].pose.matrix, poses["q1.jpg"].matrix, atol=1e-9)
+    assert back["sub/q2.jpg"].top1 is None
+    write_poses(tmp_path / "p9.txt", poses, with_top1=True)  # the project's 9-column variant reads back
+    back = read_poses(tmp_path / "p9.txt")
     assert back["sub/q2.jpg"].top1 == "FL1/000/a.jpg" and back["q1.jpg"].top1 is None
+    write_top1(tmp_path / "t.txt", back)
+    assert read_top1(tmp_path / "t.txt") == {"sub/q2.jpg": "FL1/000/a.jpg"}
+    assert (tmp_path / "t.txt").read_text() == "sub/q2.jpg FL1/000/a.jpg\n"
     # the file says world-to-camera quaternion (w,x,y,z) then t
     tok = [l for l in text if l.startswith("q1.jpg")][0].split()
     np.testing.assert_allclose([float(v) for v in tok[1:5]], poses["q1.jpg"].qvec, atol=1e-9)
@@ -43,9 +52,18 @@ def test_query_list_and_pairs_roundtrip(tmp_path):
     write_query_list(tmp_path / "q.txt", cams)
     assert read_query_list(tmp_path / "q.txt") == cams
     pairs = {"a.jpg": [("d1", 0.9), ("d2", 0.5)], "b.jpg": [("d3", 0.1)]}
-    write_pairs(tmp_path / "pairs.txt", pairs)
+    write_pairs(tmp_path / "pairs.txt", pairs, with_scores=True)
     back = read_pairs(tmp_path / "pairs.txt")
     assert [d for d, _ in back["a.jpg"]] == ["d1", "d2"] and back["b.jpg"][0][1] == pytest.approx(0.1)
+    # by default hloc's two columns: its parse_retrieval (`q, r = line.split()`) reads them
+    write_pairs(tmp_path / "hloc.txt", pairs)
+    parsed = [tuple(line.split()) for line in (tmp_path / "hloc.txt").read_text().rstrip("\n").split("\n")]
+    assert [(q, r) for q, r in parsed] == [("a.jpg", "d1"), ("a.jpg", "d2"), ("b.jpg", "d3")]
+    two = read_pairs(tmp_path / "hloc.txt")
+    assert [d for d, _ in two["a.jpg"]] == ["d1", "d2"] and np.isnan(two["b.jpg"][0][1])
+    (tmp_path / "bad.txt").write_text("a.jpg d1 0.5 extra\n")
+    with pytest.raises(ValueError, match="line 1"):
+        read_pairs(tmp_path / "bad.txt")
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path):
@@ -81,11 +99,11 @@ def test_cache_invalidation_on_config_change(tmp_path):
     assert StageCache(tmp_path, "matches", {"size": 400}, depends=[up_a]).has("q")
     assert not StageCache(tmp_path, "matches", {"size": 512}, depends=[up_a]).has("q")
     assert not StageCache(tmp_path, "matches", {"size": 400}, depends=[up_b]).has("q")
-    # a file renamed to the wrong hash is refused, never silently reused
+    # a file renamed to the wrong hash is refused, never silently reused: moved aside, recomputed
     other = StageCache(tmp_path, "matches", {"size": 512}, depends=[up_a])
     os.replace(a.path, other.path)
-    with pytest.raises(ValueError):
-        other.has("q")
+    assert not other.has("q")
+    assert not other.path.exists() and list(tmp_path.glob(other.path.name + ".corrupt-*"))
 
 
 def _slow_writer(path, started):

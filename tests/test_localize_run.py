@@ -18,7 +18,7 @@ from conftest import tiny_pipeline_conf
 
 from localize import run as runmod
 from localize.core.errors import ConfigError
-from localize.core.formats import read_poses, read_query_list, write_query_list
+from localize.core.formats import read_poses, read_query_list, read_top1, write_query_list
 from localize.evaluate_inloc import evaluate
 from localize.pipeline import workers
 
@@ -57,8 +57,9 @@ def test_tiny_building_localizes(tiny, baseline):
     ok = [l for l in lines if l["status"] == "ok"]
     assert ok and all(l["chosen_db"] and l["candidates"] and l["shortlist"] for l in ok)
     assert all(set(l["time_s"]) >= {"retrieval", "matching", "pose"} for l in ok)
-    # the poses file carries the chosen database image as 9th column
-    assert all(e.top1 for e in read_poses(out / "poses.txt").values())
+    # 8-column poses file; the chosen database image is in the top-1 side file
+    assert all(len(line.split()) == 8 for line in (out / "poses.txt").read_text().splitlines())
+    assert read_top1(out / "top1.txt") == {l["query"]: l["chosen_db"] for l in ok}
 
 
 def test_rerun_recomputes_nothing_and_conf_change_recomputes(tiny, baseline, monkeypatch, tmp_path):
@@ -105,7 +106,9 @@ def test_bad_inputs_are_reported_and_skipped(tiny, tmp_path):
     rc = runmod.cli(["--query-dir", str(qdir), "--db", str(db), "--queries-list", str(tmp_path / "list.txt"),
                      "--export-dir", str(out), "--conf", "fast", "--top-k", "3"])
     assert rc == 0
-    logs = {json.loads(l)["query"]: json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()}
+    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    logs = {l["query"]: l for l in lines if "query" in l}
+    assert sum(1 for l in lines if l.get("status") == "skipped") == 2  # the two database images without depth
     assert logs[names[0]]["status"] == "failed" and any(names[0] in e for e in logs[names[0]]["errors"])
     assert logs[names[1]]["status"] == "failed" and "intrinsics" in " ".join(logs[names[1]]["errors"])
     poses = read_poses(out / "poses.txt")

@@ -13,7 +13,7 @@ from scene_render import default_camera, make_textures, query_and_db_poses, rend
 from datasets.correspondences import dense_correspondences
 from datasets.rgbd_folder import write_image, write_rgbd_folder
 from localize.core.errors import ConfigError
-from localize.core.formats import read_poses, write_query_list
+from localize.core.formats import read_poses, read_top1, write_query_list
 from localize.core.geometry import Pose, depth_to_world, look_at, pose_error
 from localize.core.records import DbImage
 from pose.candidates import (
@@ -128,14 +128,16 @@ def test_cli_end_to_end(scene, tmp_path: Path) -> None:
     renders = tmp_path / "renders"
     rc = estimate_cli(["--db", str(db_root), "--db-format", "rgbd", "--matches", str(tmp_path / "matches.h5"),
                         "--queries-list", str(tmp_path / "queries.txt"), "--query-dir", str(qdir),
-                        "--out", str(out), "--max-error", "4", "--render-size", "160", "--save-renders", str(renders)])
+                        "--out", str(out), "--max-error", "4", "--render-size", "160", "--save-renders", str(renders),
+                        "--top1", str(tmp_path / "top1.txt")])
     assert rc == 0
     poses = read_poses(out)
     assert sorted(poses) == ["q/query.png", "q2.png"]  # q3 has no matches -> absent
     for e in poses.values():
         dp, dr = pose_error(e.pose, q_pose)
         assert dp < 0.02 and dr < 0.5  # depth quantised to 1/5000 m in the folder
-    assert poses["q2.png"].top1 == "db1.png"
+    top1 = read_top1(tmp_path / "top1.txt")
+    assert poses["q2.png"].top1 is None and top1["q2.png"] == "db1.png"  # 8 columns + side file
     pngs = sorted(p.name for p in renders.glob("*.png"))
     assert len(pngs) == 3 and all(p.startswith(("q-query.png__", "q2.png__")) for p in pngs)
     # unusable arguments -> non-zero
@@ -147,7 +149,7 @@ def test_cli_end_to_end(scene, tmp_path: Path) -> None:
                         tmp_path / "matches.h5", tmp_path / "queries.txt", db_format="rgbd", query_dir=qdir)
     assert sorted(res.poses) == ["q/query.png", "q2.png"] and res.failures == {"q3.png": "no matches"}
     for name, e in res.poses.items():
-        assert np.allclose(e.pose.matrix, poses[name].pose.matrix, atol=1e-8) and e.top1 == poses[name].top1
+        assert np.allclose(e.pose.matrix, poses[name].pose.matrix, atol=1e-8) and e.top1 == top1[name]
         assert res.logs[name]["chosen_db"] == e.top1
         assert any(c["densepv"] is not None for c in res.logs[name]["candidates"])
 

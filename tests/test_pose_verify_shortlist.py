@@ -102,9 +102,21 @@ def test_cli_writes_reranked_pairs(tiny, tmp_path):
     r = subprocess.run([sys.executable, "-m", "retrieval.rerank", "--pairs", str(tmp_path / "short.txt"),
                         "--db", str(tiny / "db"), "--query-dir", str(tiny / "queries" / "images"),
                         "--queries-list", str(tiny / "queries" / "queries_with_intrinsics.txt"),
-                        "--image-size", "256", "--out", str(tmp_path / "reranked.txt")],
+                        "--image-size", "256", "--out", str(tmp_path / "reranked.txt"), "--with-scores"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert all(len(line.split()) == 3 for line in (tmp_path / "reranked.txt").read_text().splitlines())
     out = read_pairs(tmp_path / "reranked.txt")
     assert list(out) == [q] and len(out[q]) == 4
     assert [s for _, s in out[q]] == sorted((s for _, s in out[q]), reverse=True)
+
+
+def test_cli_pairs_that_resolve_to_nothing_fail_naming_the_name(tiny, tmp_path):
+    (tmp_path / "hloc.txt").write_text("query/iphone7/nope.png database/cutouts/x.png\n")
+    r = subprocess.run([sys.executable, "-m", "retrieval.rerank", "--pairs", str(tmp_path / "hloc.txt"),
+                        "--db", str(tiny / "db"), "--query-dir", str(tiny / "queries" / "images"),
+                        "--queries-list", str(tiny / "queries" / "queries_with_intrinsics.txt"),
+                        "--out", str(tmp_path / "reranked.txt")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "query/iphone7/nope.png" in r.stderr and "--name-style hloc" in r.stderr, r.stderr
+    assert not (tmp_path / "reranked.txt").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +29,14 @@ from datasets.synthetic.rendering import render
 from datasets.synthetic.sampling import cutout_views
 from datasets.synthetic.training import make_train
 from datasets.synthetic.views import View
+from localize.core.errors import OutputError
 from localize.core.formats import atomic_write, write_poses, write_query_list
 from localize.core.geometry import Camera, Pose
 
 log = logging.getLogger(__name__)
+
+
+OUR_OUTPUTS = ("db", "inloc", "queries", "train", "pairs", "preview.png", "scene.json")
 
 
 def generate(out_dir: str | Path, seed: int = 0, size: str = "tiny", preview: bool = False,
@@ -51,14 +54,25 @@ def generate(out_dir: str | Path, seed: int = 0, size: str = "tiny", preview: bo
             write_preview(out)
         return SyntheticDataset(out, seed, size, m.get("counts", {}))
     t_all = time.perf_counter()
+    old = read_manifest(out)
+    marker = out / ".generation-in-progress"  # an interrupted generation of ours: its outputs may be replaced
+    if marker.is_file():
+        old = {"files": {str(p.relative_to(out)): "" for sub in OUR_OUTPUTS for p in
+                         ([out / sub] if (out / sub).is_file() else sorted((out / sub).rglob("*")))}}
+    if out.is_dir() and any(out.iterdir()) and old is None:
+        raise OutputError(f"{out} is not empty and holds no manifest.json of this generator: refusing to write "
+                          f"into it (nothing was deleted); choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    # delete only what our manifest lists (never a file of the user's)
+    listed = [out / f for f in (old or {}).get("files", {})] + [out / "preview.png"]
     (out / "manifest.json").unlink(missing_ok=True)
-    for sub in ("db", "inloc", "queries", "train", "pairs", "preview.png", "scene.json"):
-        p = out / sub
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+    for p in listed:
+        if p.is_file() and out.resolve() in p.resolve().parents:
             p.unlink()
+    for d in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
+    marker.touch()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     scene = build_scene(seed, size)
@@ -142,6 +156,7 @@ def generate(out_dir: str | Path, seed: int = 0, size: str = "tiny", preview: bo
                 "files": files}
     with atomic_write(out / "manifest.json") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
+    marker.unlink(missing_ok=True)
     log.info("generated %s (seed %d, %s) in %.1f s: %s; stage times %s", out, seed, size,
              time.perf_counter() - t_all, counts, {k: round(v, 2) for k, v in timings.items()})
     return SyntheticDataset(out, seed, size, counts)

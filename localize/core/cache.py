@@ -9,22 +9,32 @@ Crash safety: each entry is first written as its own small HDF5 file in
 complete entries. ``finalize()`` merges the parts into the single ``.h5`` file (again via a
 temporary file and rename) and removes them. Readers see both merged entries and parts.
 Every file carries the attributes ``stage``, ``config_hash`` and ``config`` (JSON).
+
+Content keys: ``put(key, data, fp)`` stores a fingerprint of the inputs the entry was computed from
+(image contents, camera, database records); ``has(key, fp)`` is False when the stored one differs,
+so a changed input recomputes exactly the entries that used it (logged once per entry). A cache
+file or part that cannot be opened or lacks its attributes is moved aside (``*.corrupt-<time>``)
+with a warning and its entries are recomputed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from localize.core.errors import OutputError
 from localize.core.formats import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -67,6 +77,52 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+_CONTENT_MEMO: dict[tuple, str] = {}
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """Identity of a file's content (not its name): SHA-1 of the whole file up to 2 MiB; larger files
+    hash their size, first and last MiB, modification time and inode. Memoised per (path, size,
+    mtime, inode); a missing or unreadable file gives ``"missing"``."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return "missing"
+    memo_key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo_key in _CONTENT_MEMO:
+        return _CONTENT_MEMO[memo_key]
+    h = hashlib.sha1(str(st.st_size).encode())
+    try:
+        with open(p, "rb") as f:
+            if st.st_size <= 2 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read(1 << 20))
+                h.update(f"{st.st_mtime_ns}:{st.st_ino}".encode())
+    except OSError:
+        return "missing"
+    _CONTENT_MEMO[memo_key] = h.hexdigest()[:20]
+    return _CONTENT_MEMO[memo_key]
+
+
+def fingerprint(*parts: Any) -> str:
+    """Hash of JSON-able parts (fingerprints, names, numbers): the ``fp`` of a cache entry."""
+    return hashlib.sha1(json.dumps(_jsonable(list(parts)), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _move_aside(path: Path, why: str) -> None:
+    """Rename a damaged cache file/part out of the way (kept for inspection) with a warning."""
+    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(path, dest)
+    except OSError:
+        dest = path
+    logger.warning("damaged cache file %s (%s): moved to %s, its entries are recomputed", path, why, dest.name)
+
+
 def _key_file(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest() + ".h5"
 
@@ -84,13 +140,40 @@ def _write_group(g: h5py.Group, data: Mapping[str, Any]) -> None:
 def _read_group(g: h5py.Group) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in g.items():
-        if k == "__key__":
+        if k in ("__key__", "__fp__"):
             continue
         out[k] = _read_group(v) if isinstance(v, h5py.Group) else v[()]
     for k, v in g.attrs.items():
-        if k != "__key__":
+        if k not in ("__key__", "__fp__"):
             out[k] = v.decode() if isinstance(v, bytes) else v
     return out
+
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def export_lock(export_dir: str | Path) -> Iterator[Path]:
+    """Hold the export folder exclusively (``fcntl.flock`` on ``<export_dir>/.lock``) for the block.
+
+    A second holder gets OutputError at once, naming the folder and the pid that holds it; the lock
+    goes with the process, so a killed run never leaves a stale lock."""
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    path = export_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise OutputError(f"export folder {export_dir} is in use by another run (pid {holder}); "
+                              f"wait for it or choose another --export-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class StageCache:
@@ -105,7 +188,9 @@ class StageCache:
         self.export_dir = Path(export_dir)
         self.path = self.export_dir / f"{stage}-{self.hash}.h5"
         self.parts_dir = self.export_dir / f"{stage}-{self.hash}.parts"
-        self._merged_keys: set[str] | None = None
+        self._merged_fps: dict[str, str] | None = None  # merged entries: key -> input fingerprint
+        self._part_fps: dict[str, str] | None = None  # complete parts: key -> input fingerprint
+        self._told: set[str] = set()
 
     # ---------------------------------------------------------------- internals
     def _attrs(self, f: h5py.File) -> None:
@@ -118,40 +203,70 @@ class StageCache:
             raise ValueError(f"{path} was made by stage {f.attrs.get('stage')!r} with configuration "
                              f"{f.attrs.get('config_hash')!r}, expected {self.stage!r}/{self.hash}")
 
-    def _merged(self) -> set[str]:
-        if self._merged_keys is None:
-            keys: set[str] = set()
+    def _merged(self) -> dict[str, str]:
+        """Entries of the merged file (opened with checks; a damaged file is moved aside)."""
+        if self._merged_fps is None:
+            fps: dict[str, str] = {}
             if self.path.exists():
-                with h5py.File(self.path, "r") as f:
-                    self._check(f, self.path)
-                    keys = set(json.loads(f.attrs.get("keys", "[]")))
-            self._merged_keys = keys
-        return self._merged_keys
+                try:
+                    with h5py.File(self.path, "r") as f:
+                        self._check(f, self.path)
+                        keys = json.loads(f.attrs["keys"])
+                        stored = json.loads(f.attrs.get("fingerprints", "{}"))
+                        missing = [k for k in keys if _group_name(k) not in f]
+                        if missing:
+                            raise ValueError(f"{len(missing)} listed entries absent, e.g. {missing[0]!r}")
+                        fps = {k: stored.get(k, "") for k in keys}
+                except (OSError, ValueError, KeyError) as e:
+                    _move_aside(self.path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    fps = {}
+            self._merged_fps = fps
+        return self._merged_fps
+
+    def _parts(self) -> dict[str, str]:
+        """Complete parts (each opened once with checks; a damaged or foreign part is moved aside)."""
+        if self._part_fps is None:
+            fps: dict[str, str] = {}
+            if self.parts_dir.is_dir():
+                for p in sorted(self.parts_dir.glob("*.h5")):
+                    try:
+                        with h5py.File(p, "r") as f:
+                            self._check(f, p)
+                            key = f.attrs["__key__"]
+                            if p.name != _key_file(key) or "entry" not in f:
+                                raise ValueError("not the part of its key")
+                            fps[key] = f["entry"].attrs.get("__fp__", "")
+                    except (OSError, ValueError, KeyError) as e:
+                        _move_aside(p, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self._part_fps = fps
+        return self._part_fps
 
     def _part(self, key: str) -> Path:
         return self.parts_dir / _key_file(key)
 
     # ---------------------------------------------------------------- API
-    def has(self, key: str) -> bool:
-        """True when a complete entry for ``key`` exists (merged or as a part)."""
-        return key in self._merged() or self._part(key).exists()
+    def has(self, key: str, fp: str | None = None) -> bool:
+        """True when a complete entry for ``key`` exists (part or merged) and, with ``fp``, was computed
+        from inputs with that fingerprint (a mismatch is logged once: the entry will be recomputed)."""
+        parts = self._parts()
+        stored = parts[key] if key in parts else self._merged().get(key)
+        if stored is None:
+            return False
+        if fp is not None and stored != fp:
+            if key not in self._told:
+                self._told.add(key)
+                logger.info("%s: inputs of %s changed since it was cached: recomputing it", self.stage, key)
+            return False
+        return True
 
     def keys(self) -> list[str]:
         """All complete entries, merged and parts."""
-        keys = set(self._merged())
-        if self.parts_dir.is_dir():
-            for p in self.parts_dir.glob("*.h5"):
-                try:
-                    with h5py.File(p, "r") as f:
-                        keys.add(f.attrs["__key__"])
-                except OSError:
-                    logger.warning("ignoring unreadable cache part %s", p)
-        return sorted(keys)
+        return sorted(set(self._merged()) | set(self._parts()))
 
     def get(self, key: str) -> dict[str, Any]:
         """The stored arrays/attributes of ``key``; KeyError if absent."""
-        part = self._part(key)
-        if part.exists():
+        if key in self._parts():
+            part = self._part(key)
             with h5py.File(part, "r") as f:
                 self._check(f, part)
                 return _read_group(f["entry"])
@@ -160,38 +275,41 @@ class StageCache:
                 return _read_group(f[_group_name(key)])
         raise KeyError(f"{self.stage}: no cached entry {key!r}")
 
-    def put(self, key: str, data: Mapping[str, Any]) -> None:
-        """Store arrays (numpy-convertible), strings (attributes) and nested dicts under ``key``, atomically."""
+    def put(self, key: str, data: Mapping[str, Any], fp: str = "") -> None:
+        """Store arrays (numpy-convertible), strings (attributes) and nested dicts under ``key``, atomically,
+        with ``fp`` the fingerprint of the inputs it was computed from (written, flushed, fsynced, renamed)."""
         with atomic_path(self._part(key)) as tmp, h5py.File(tmp, "w") as f:
             self._attrs(f)
             f.attrs["__key__"] = key
-            _write_group(f.create_group("entry"), data)
+            g = f.create_group("entry")
+            _write_group(g, data)
+            g.attrs["__fp__"] = fp
+        self._parts()[key] = fp
 
     def finalize(self) -> Path:
         """Merge all parts into ``<stage>-<hash>.h5`` (atomic) and delete them; returns the file path."""
         if not self.parts_dir.is_dir():
             return self.path
-        parts = sorted(self.parts_dir.glob("*.h5"))
+        parts = self._parts()
         if not parts and self.path.exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             return self.path
-        keys = set(self._merged())
+        fps = dict(self._merged())
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as out:
             self._attrs(out)
             if self.path.exists():
                 with h5py.File(self.path, "r") as old:
-                    for k in keys:
-                        old.copy(old[_group_name(k)], out, name=_group_name(k))
-            for p in parts:
-                with h5py.File(p, "r") as f:
-                    k = f.attrs["__key__"]
-                    if _group_name(k) in out:
-                        del out[_group_name(k)]
+                    for k in fps:
+                        if k not in parts:
+                            old.copy(old[_group_name(k)], out, name=_group_name(k))
+            for k in sorted(parts):
+                with h5py.File(self._part(k), "r") as f:
                     f.copy(f["entry"], out, name=_group_name(k))
-                    keys.add(k)
-            out.attrs["keys"] = json.dumps(sorted(keys))
+                    fps[k] = parts[k]
+            out.attrs["keys"] = json.dumps(sorted(fps))
+            out.attrs["fingerprints"] = json.dumps(fps, sort_keys=True)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
-        self._merged_keys = keys
+        self._merged_fps, self._part_fps = fps, None
         return self.path
 
     def __contains__(self, key: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -71,3 +72,24 @@ def to_dict(conf: Any) -> dict[str, Any]:
 def replace(conf: T, **changes: Any) -> T:
     """A copy of a (frozen or not) dataclass configuration with some fields changed."""
     return dataclasses.replace(conf, **changes)
+
+
+def _number(kind: type, low: float, strict: bool) -> Any:
+    """argparse type: a ``kind`` number > low (strict) or >= low, with a one-line error otherwise."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if value != value or (value <= low if strict else value < low) or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+    parse.__name__ = f"{kind.__name__} {'>' if strict else '>='} {low:g}"
+    return parse
+
+
+positive_int = _number(int, 0, True)  # argparse type: an integer >= 1
+nonnegative_int = _number(int, 0, False)  # argparse type: an integer >= 0
+positive_float = _number(float, 0.0, True)  # argparse type: a finite number > 0
+nonnegative_float = _number(float, 0.0, False)  # argparse type: a finite number >= 0

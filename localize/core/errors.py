@@ -15,12 +15,20 @@ class QueryError(InputError):
     """One query that cannot be localized (unreadable image, no camera): reported, the run goes on."""
 
 
+class PairsError(InputError):
+    """A pairs file (shortlist) or pair-keyed match file whose names do not resolve to the run's images."""
+
+
 class ConfigError(InputError, ValueError):
     """A configuration with an unknown key or an invalid value."""
 
 
 class CheckpointError(InputError):
     """A weight file that cannot be loaded safely or does not fit the model."""
+
+
+class OutputError(InputError):
+    """An export folder that cannot be used: another run holds it, or its outputs would overwrite inputs."""
 
 
 class WorkerLostError(RuntimeError):

@@ -1,16 +1,22 @@
 """Text file formats: poses file, query list with intrinsics, retrieval pairs; atomic writes.
 
-* Poses file (visuallocalization.net): ``name qw qx qy qz tx ty tz [top1_db_name]`` per line,
-  WORLD-TO-CAMERA, quaternion (w, x, y, z). Queries without a pose are omitted.
+* Poses file (visuallocalization.net): ``name qw qx qy qz tx ty tz`` per line (8 columns, written by
+  default), WORLD-TO-CAMERA, quaternion (w, x, y, z); the project's variant adds a 9th column, the
+  top-1 database image, which readers accept. Queries without a pose are omitted.
+* Top-1 side file: ``query_name db_name`` per line (the database image of each chosen pose).
 * Query list (hloc): ``name MODEL WIDTH HEIGHT params...`` per line (COLMAP camera models).
-* Pairs: ``query_name db_name [score]`` per line, best first per query.
-Lines starting with ``#`` and blank lines are ignored everywhere.
+* Pairs: ``query_name db_name`` per line (hloc, written by default) or ``query_name db_name score``
+  (``with_scores``), best first per query; readers accept both.
+Lines starting with ``#`` and blank lines are ignored everywhere. A name holding whitespace or a
+quote is written shell-quoted (``'my query.jpg'``) and read back by ``split_fields``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shlex
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +36,20 @@ def _create_temp_next_to(path: Path) -> Path:
             continue
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Temporary path beside ``path`` for name-based writers (faiss, torch): renamed over it only if the block succeeds."""
@@ -44,6 +64,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -60,12 +81,31 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator:
         f.flush()
 
 
+_NEEDS_QUOTES = re.compile(r"[\s'\"]")
+
+
+def quote_name(name: str) -> str:
+    """A name as one field of a text file: shell-quoted when it holds whitespace or a quote."""
+    return shlex.quote(name) if _NEEDS_QUOTES.search(name) else name
+
+
+def split_fields(line: str) -> list[str]:
+    """Fields of one line: whitespace-separated, with shell quoting ('a b' / "a b") where the line has
+    quotes; a line whose quotes do not pair up is split on whitespace only."""
+    if "'" in line or '"' in line:
+        try:
+            return shlex.split(line, comments=False, posix=True)
+        except ValueError:
+            pass
+    return line.split()
+
+
 def _lines(path: str | Path) -> Iterator[list[str]]:
     with open(path) as f:
         for line in f:
             line = line.strip()
             if line and not line.startswith("#"):
-                yield line.split()
+                yield split_fields(line)
 
 
 @dataclass(frozen=True)
@@ -88,8 +128,8 @@ def read_poses(path: str | Path) -> dict[str, PoseEntry]:
     return out
 
 
-def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry]) -> None:
-    """Write a poses file atomically (sorted by name); entries with a top-1 get a 9th column."""
+def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry], with_top1: bool = False) -> None:
+    """Write a poses file atomically (sorted by name): 8 columns, or a 9th (top-1 image) where known with ``with_top1``."""
     with atomic_write(path) as f:
         for name in sorted(poses):
             e = poses[name]
@@ -97,9 +137,9 @@ def write_poses(path: str | Path, poses: Mapping[str, Pose | PoseEntry]) -> None
             if not entry.pose.is_finite():
                 continue
             q, t = entry.pose.qvec, entry.pose.t
-            fields = [name] + [f"{v:.10g}" for v in (*q, *t)]
-            if entry.top1:
-                fields.append(entry.top1)
+            fields = [quote_name(name)] + [f"{v:.10g}" for v in (*q, *t)]
+            if with_top1 and entry.top1:
+                fields.append(quote_name(entry.top1))
             f.write(" ".join(fields) + "\n")
 
 
@@ -118,21 +158,39 @@ def write_query_list(path: str | Path, cameras: Mapping[str, Camera]) -> None:
     """Write 'name MODEL W H params...' lines atomically, sorted by name."""
     with atomic_write(path) as f:
         for name in sorted(cameras):
-            f.write(f"{name} {cameras[name].to_line()}\n")
+            f.write(f"{quote_name(name)} {cameras[name].to_line()}\n")
 
 
 def read_pairs(path: str | Path) -> dict[str, list[tuple[str, float]]]:
-    """Read retrieval pairs 'query db [score]' -> {query: [(db, score), ...]} in file order."""
+    """Read pairs 'query db' or 'query db score' -> {query: [(db, score or NaN), ...]} in file order."""
     out: dict[str, list[tuple[str, float]]] = {}
-    for tok in _lines(path):
-        score = float(tok[2]) if len(tok) > 2 else float("nan")
+    for i, tok in enumerate(_lines(path)):
+        if len(tok) not in (2, 3):
+            raise ValueError(f"{path}: line {i + 1}: expected 'query_name db_name [score]', got {len(tok)} fields")
+        try:
+            score = float(tok[2]) if len(tok) == 3 else float("nan")
+        except ValueError:
+            raise ValueError(f"{path}: line {i + 1}: score {tok[2]!r} is not a number") from None
         out.setdefault(tok[0], []).append((tok[1], score))
     return out
 
 
-def write_pairs(path: str | Path, pairs: Mapping[str, Iterable[tuple[str, float]]]) -> None:
-    """Write 'query db score' lines atomically, in the given order per query."""
+def write_pairs(path: str | Path, pairs: Mapping[str, Iterable[tuple[str, float]]], with_scores: bool = False) -> None:
+    """Write 'query db' lines (hloc) atomically, in the given order per query; 'query db score' with ``with_scores``."""
     with atomic_write(path) as f:
         for q, lst in pairs.items():
             for db, s in lst:
-                f.write(f"{q} {db} {s:.6f}\n")
+                f.write(f"{quote_name(q)} {quote_name(db)} {s:.6f}\n" if with_scores else f"{quote_name(q)} {quote_name(db)}\n")
+
+
+def write_top1(path: str | Path, poses: Mapping[str, PoseEntry]) -> None:
+    """Write the top-1 side file 'query db' atomically (sorted by query; entries without a top-1 omitted)."""
+    with atomic_write(path) as f:
+        for name in sorted(poses):
+            if poses[name].top1:
+                f.write(f"{quote_name(name)} {quote_name(poses[name].top1)}\n")
+
+
+def read_top1(path: str | Path) -> dict[str, str]:
+    """Read a top-1 side file 'query db' (a pairs file: the first database image per query) -> {query: db}."""
+    return {q: lst[0][0] for q, lst in read_pairs(path).items()}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from localize.core.geometry import Camera, Pose
+from localize.core.errors import DatabaseError
+from localize.core.geometry import CAMERA_MODELS, Camera, Pose
 
 
 def lift_pixels(xyz: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +55,9 @@ class DbImage:
     """One database image: name, image file, camera, WORLD-TO-CAMERA pose and its 3D point map.
 
     ``pose`` may be None where the layout does not store it (InLoc cutouts store only points);
-    ``floor`` is the building/floor label used by the InLoc evaluation rule (None if unknown).
+    ``floor`` is the building/floor label used by the InLoc evaluation rule (None if unknown);
+    ``depth_files`` are the files its points are read from (depth map, or .mat and alignment), so
+    caches can tell when they change.
     """
 
     name: str
@@ -60,12 +66,13 @@ class DbImage:
     pose: Pose | None
     xyz_loader: Callable[[], np.ndarray] = field(repr=False)
     floor: str | None = None
+    depth_files: tuple[Path, ...] = ()
 
     def world_xyz(self) -> np.ndarray:
         """H x W x 3 world points at image resolution (metres, NaN where there is no depth)."""
         xyz = self.xyz_loader()
         if xyz.shape[:2] != (self.camera.height, self.camera.width):
-            raise ValueError(
+            raise DatabaseError(
                 f"{self.name}: point map is {xyz.shape[1]}x{xyz.shape[0]}, image is "
                 f"{self.camera.width}x{self.camera.height}")
         return xyz
@@ -75,10 +82,118 @@ class DbImage:
         return lift_pixels(self.world_xyz(), uv)
 
 
+MAX_MEGAPIXELS_ENV = "NCLOC_MAX_MEGAPIXELS"
+DEFAULT_MAX_MEGAPIXELS = 40.0
+ROTATING_ORIENTATIONS = {3: 180, 6: 90, 8: 270}  # EXIF orientation -> clockwise rotation to display
+
+
+def max_megapixels() -> float:
+    """The image size limit in megapixels: $NCLOC_MAX_MEGAPIXELS, else 40."""
+    try:
+        value = float(os.environ.get(MAX_MEGAPIXELS_ENV, DEFAULT_MAX_MEGAPIXELS))
+    except ValueError:
+        value = DEFAULT_MAX_MEGAPIXELS
+    return value if value > 0 else DEFAULT_MAX_MEGAPIXELS
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: stored size and EXIF orientation (1 = as stored)."""
+
+    width: int
+    height: int
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as displayed, i.e. after applying the EXIF orientation."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+
+
+def image_header(path: str | Path) -> ImageHeader:
+    """Size and EXIF orientation from the header (nothing decoded); OSError naming the file and the reason
+    when it is empty, not an image, larger than ``max_megapixels()`` or mirrored by its EXIF orientation."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise OSError(f"image {path} is an empty file")
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = int(im.getexif().get(0x0112, 1) or 1) if hasattr(im, "getexif") else 1
+    except Image.DecompressionBombError as e:
+        raise OSError(f"image {path} is too large ({e}); limit {max_megapixels():g} Mpx") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise OSError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if w * h > max_megapixels() * 1e6:
+        raise OSError(f"image {path} is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of {max_megapixels():g} Mpx "
+                      f"(--max-megapixels / ${MAX_MEGAPIXELS_ENV}); downscale it")
+    if orientation not in (1, 3, 6, 8):
+        if orientation in (2, 4, 5, 7):
+            raise OSError(f"image {path} has the mirroring EXIF orientation {orientation}, which no camera produces")
+        orientation = 1  # out-of-range tag: ignored, as viewers do
+    return ImageHeader(w, h, orientation)
+
+
+def rotate_camera(camera: Camera, orientation: int) -> Camera:
+    """The camera of an image stored with EXIF ``orientation`` (3, 6, 8) once displayed (rotated).
+
+    Pixel (u, v) of the stored W x H image goes to (W-u, H-v) for 3, (H-v, u) for 6 and (v, W-u) for 8.
+    ValueError for tangential distortion (not rotated here)."""
+    if orientation == 1:
+        return camera
+    p = dict(zip(CAMERA_MODELS[camera.model], camera.params))
+    if abs(p.get("p1", 0.0)) > 0 or abs(p.get("p2", 0.0)) > 0:
+        raise ValueError(f"cannot rotate a {camera.model} camera with tangential distortion for EXIF orientation "
+                         f"{orientation}")
+    W, H = camera.width, camera.height
+    cx, cy = p["cx"], p["cy"]
+    if orientation == 3:
+        p["cx"], p["cy"], size = W - cx, H - cy, (W, H)
+    elif orientation in (6, 8):
+        p["cx"], p["cy"] = (H - cy, cx) if orientation == 6 else (cy, W - cx)
+        if "fx" in p:
+            p["fx"], p["fy"] = p["fy"], p["fx"]
+        size = (H, W)
+    else:
+        raise ValueError(f"unsupported EXIF orientation {orientation}")
+    return Camera(camera.model, size[0], size[1], tuple(p[n] for n in CAMERA_MODELS[camera.model]))
+
+
+def camera_problem(camera: Camera) -> str:
+    """Why a camera cannot describe its image ('' when it can): focal lengths > 0 and finite,
+    principal point inside the image, finite distortion."""
+    if camera.width < 1 or camera.height < 1:
+        return f"image size {camera.width}x{camera.height} is not positive"
+    if not all(math.isfinite(v) for v in camera.params):
+        return f"camera parameters are not finite ({camera.to_line()})"
+    fx, fy = camera.focal
+    if not (fx > 0 and fy > 0):
+        return f"focal length must be > 0, got {fx:g}" + ("" if fx == fy else f", {fy:g}")
+    cx, cy = camera.principal_point
+    if not (0 <= cx <= camera.width and 0 <= cy <= camera.height):
+        return f"principal point ({cx:g}, {cy:g}) lies outside the {camera.width}x{camera.height} image"
+    return ""
+
+
+def fit_camera_to_image(camera: Camera, width: int, height: int) -> tuple[Camera, str]:
+    """The camera for an image of width x height: itself, or rescaled when only the resolution differs
+    (same aspect ratio within 1 %, the note says so); ValueError when the aspect ratio differs."""
+    if (camera.width, camera.height) == (width, height):
+        return camera, ""
+    if abs(camera.width / camera.height - width / height) > 0.01 * (width / height):
+        raise ValueError(f"image is {width}x{height} but its camera is {camera.width}x{camera.height} "
+                         f"(another aspect ratio)")
+    return camera.scaled(width, height), (f"camera {camera.width}x{camera.height} rescaled to the image's "
+                                          f"{width}x{height}")
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB; raises IOError naming the file if unreadable."""
+    """Read an image file as H x W x 3 uint8 RGB, EXIF orientation applied (3, 6, 8); raises OSError
+    naming the file if unreadable, empty, larger than ``max_megapixels()`` (checked from the header,
+    before decoding) or mirrored."""
     import cv2
 
+    header = image_header(path)
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -88,9 +203,11 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise OSError(f"image {path} is truncated (JPEG without end-of-image marker)")
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
         raise OSError(f"image {path} is truncated (PNG without IEND chunk)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise OSError(f"cannot read image {path} (missing, truncated or not an image)")
+    if header.orientation in ROTATING_ORIENTATIONS:
+        img = np.ascontiguousarray(np.rot90(img, {3: 2, 6: -1, 8: 1}[header.orientation]))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

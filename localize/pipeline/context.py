@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class QueryLog:
     def to_json(self) -> dict[str, Any]:
         """JSON object of log.jsonl."""
         d: dict[str, Any] = {"query": self.name, "status": "ok" if self.pose is not None else "failed",
-                             "shortlist": [[n, round(float(s), 6)] for n, s in self.shortlist],
+                             "shortlist": [[n, round(float(s), 6) if math.isfinite(s) else None] for n, s in self.shortlist],
                              "verified": [[n, int(v)] for n, v in self.verified],
                              "candidates": self.candidates, "chosen_db": self.chosen_db, "errors": self.errors,
                              "time_s": {k: round(v, 4) for k, v in self.times.items()}}
@@ -59,3 +60,6 @@ class RunContext:
     device: str
     executor: Executor
     logs: dict[str, QueryLog]
+    fps: dict[str, str] = field(default_factory=dict)  # memo of input fingerprints (see stages.query_fp/db_fp)
+    pairs: dict[str, list[tuple[str, float]]] | None = None  # external shortlists (project names): no retrieval
+    pairs_id: str | None = None  # identity of the external pairs (file fingerprint, name style) for the cache key

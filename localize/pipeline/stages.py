@@ -3,6 +3,9 @@
 Each stage reads what the stages before it produced, caches its results per query (or pair) in
 ``<export_dir>/<stage>-<hash>.h5`` keyed by its configuration and the caches it depends on, and
 records failures in the queries' logs; a query that fails a stage is left out of the later ones.
+Every entry also carries a fingerprint of the inputs it was computed from (query image content and
+camera, the database records it used: image, depth files, pose, camera), so a changed input
+recomputes exactly the entries that depend on it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from localize.core.cache import StageCache, file_fingerprint
+from localize.core.cache import StageCache, content_fingerprint, file_fingerprint, fingerprint
 from localize.core.config import to_dict
 from localize.core.errors import PER_ITEM_ERRORS
 from localize.core.formats import PoseEntry
@@ -37,11 +40,69 @@ def _weights_key(weights: str | None) -> str | None:
     return file_fingerprint(weights) if weights else None
 
 
+def query_fp(ctx: RunContext, q: Query) -> str:
+    """Fingerprint of one query: its image content and its camera."""
+    key = f"query:{q.name}"
+    if key not in ctx.fps:
+        ctx.fps[key] = fingerprint(content_fingerprint(q.path), q.camera.to_line() if q.camera else None)
+    return ctx.fps[key]
+
+
+def db_image_fp(ctx: RunContext, name: str) -> str:
+    """Fingerprint of a database image's pixels only (what matching reads)."""
+    rec = ctx.database.get(name)
+    return content_fingerprint(rec.image_path) if rec is not None else "absent"
+
+
+def db_fp(ctx: RunContext, name: str) -> str:
+    """Fingerprint of one database record: image content, depth files, pose and camera."""
+    key = f"db:{name}"
+    if key not in ctx.fps:
+        rec = ctx.database.get(name)
+        if rec is None:
+            ctx.fps[key] = "absent"
+        else:
+            pose = None if rec.pose is None else [*rec.pose.qvec.tolist(), *rec.pose.t.tolist()]
+            ctx.fps[key] = fingerprint(name, db_image_fp(ctx, name), [content_fingerprint(p) for p in rec.depth_files],
+                                       pose, rec.camera.to_line())
+    return ctx.fps[key]
+
+
+def database_fp(ctx: RunContext) -> str:
+    """Fingerprint of the whole database (what retrieval ranks): every record's fingerprint."""
+    if "database" not in ctx.fps:
+        ctx.fps["database"] = fingerprint(sorted((n, db_fp(ctx, n)) for n in ctx.database))
+    return ctx.fps["database"]
+
+
+def _ranked_fp(ctx: RunContext, q: Query, names: Sequence[str]) -> str:
+    """Fingerprint of work on one query and a list of database records (verification, pose candidates)."""
+    return fingerprint(query_fp(ctx, q), [(n, db_fp(ctx, n)) for n in names])
+
+
+def _pair_fp(ctx: RunContext, q: Query, db: str) -> str:
+    """Fingerprint of one matched pair: the two images' contents."""
+    return fingerprint(content_fingerprint(q.path), db_image_fp(ctx, db))
+
+
+def _pose_fp(ctx: RunContext, shortlists: Shortlists, q: Query) -> str:
+    """Fingerprint of a query's pose candidates (and DensePV scores): query and matched records.
+
+    Remembered in ``ctx.fps`` for the stages after (``_known_pose_fp``)."""
+    ctx.fps[f"pose:{q.name}"] = _ranked_fp(ctx, q, _matched_names(ctx, shortlists, q))
+    return ctx.fps[f"pose:{q.name}"]
+
+
+def _known_pose_fp(ctx: RunContext, q: Query) -> str | None:
+    """The pose-stage fingerprint of a query this run (None when it never reached that stage)."""
+    return ctx.fps.get(f"pose:{q.name}")
+
+
 def _put_ranked(cache: StageCache, name: str, ranked: Sequence[tuple[str, float]], value_key: str,
-                seconds: float) -> None:
+                seconds: float, fp: str) -> None:
     """Store a ranked list [(db name, value)] of one query (names as JSON, values as an array)."""
     cache.put(name, {"db_names": json.dumps([n for n, _ in ranked]),
-                     value_key: np.array([v for _, v in ranked], dtype=np.float64), "time_s": np.float64(seconds)})
+                     value_key: np.array([v for _, v in ranked], dtype=np.float64), "time_s": np.float64(seconds)}, fp)
 
 
 def _get_ranked(cache: StageCache, name: str, value_key: str) -> tuple[list[tuple[str, float]], float]:
@@ -51,12 +112,23 @@ def _get_ranked(cache: StageCache, name: str, value_key: str) -> tuple[list[tupl
 
 
 def shortlist(ctx: RunContext) -> tuple[StageCache, Shortlists]:
-    """1. Global-descriptor retrieval: the top_k database images per query."""
+    """1. Global-descriptor retrieval: the top_k database images per query (the first top_k of ``ctx.pairs`` when given)."""
     conf = ctx.conf.retrieval
-    key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
+    if ctx.pairs is not None:
+        key = {"pairs": ctx.pairs_id, "top_k": conf.top_k, "dataset": ctx.dataset_id}
+    else:
+        key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
     cache = StageCache(ctx.export_dir, "shortlist", key)
-    todo = [q for q in ctx.queries if not cache.has(q.name)]
-    if todo:
+    fps = {q.name: fingerprint(query_fp(ctx, q), database_fp(ctx)) for q in ctx.queries}
+    todo = [q for q in ctx.queries if not cache.has(q.name, fps[q.name])]
+    if todo and ctx.pairs is not None:
+        for q in todo:
+            if not ctx.pairs.get(q.name):
+                ctx.logs[q.name].fail("retrieval", "no pairs for this query in the pairs file")
+                continue
+            _put_ranked(cache, q.name, ctx.pairs[q.name][:conf.top_k], "scores", 0.0, fps[q.name])
+        cache.finalize()
+    elif todo:
         t0 = time.time()
         results = shortlist_stage.main(conf.method, list(ctx.database.values()), [(q.name, q.path) for q in todo],
                                        ctx.export_dir, conf.top_k, weights=conf.weights, device=ctx.device)
@@ -65,11 +137,11 @@ def shortlist(ctx: RunContext) -> tuple[StageCache, Shortlists]:
             if q.name not in results:
                 ctx.logs[q.name].fail("retrieval", f"cannot read or describe query image {q.path}")
                 continue
-            _put_ranked(cache, q.name, results[q.name], "scores", dt)
+            _put_ranked(cache, q.name, results[q.name], "scores", dt, fps[q.name])
         cache.finalize()
     out = {}
     for q in ctx.queries:
-        if cache.has(q.name):
+        if cache.has(q.name, fps[q.name]):
             out[q.name], ctx.logs[q.name].times["retrieval"] = _get_ranked(cache, q.name, "scores")
             ctx.logs[q.name].shortlist = out[q.name]
     return cache, out
@@ -84,7 +156,8 @@ def verify(ctx: RunContext, scache: StageCache, shortlists: Shortlists) -> tuple
     if conf is None:
         return scache, shortlists
     cache = StageCache(ctx.export_dir, "verify", to_dict(conf), depends=[scache])
-    todo = [q for q in ctx.queries if q.name in shortlists and not cache.has(q.name) and q.camera is not None]
+    fps = {q.name: _ranked_fp(ctx, q, [n for n, _ in shortlists[q.name]]) for q in ctx.queries if q.name in shortlists}
+    todo = [q for q in ctx.queries if q.name in fps and not cache.has(q.name, fps[q.name]) and q.camera is not None]
     if todo:
         verifier = ShortlistVerifier(conf, ctx.database, ctx.device)
         for q in tqdm(todo, desc="verification", unit="query"):
@@ -94,11 +167,12 @@ def verify(ctx: RunContext, scache: StageCache, shortlists: Shortlists) -> tuple
             except PER_ITEM_ERRORS as e:
                 ctx.logs[q.name].fail("verify", f"{q.path}: {e}")
                 continue
-            _put_ranked(cache, q.name, verify_shortlist(shortlists[q.name], inliers), "inliers", time.time() - t0)
+            _put_ranked(cache, q.name, verify_shortlist(shortlists[q.name], inliers), "inliers", time.time() - t0,
+                        fps[q.name])
         cache.finalize()
     out = {}
     for q in ctx.queries:
-        if cache.has(q.name):
+        if q.name in fps and cache.has(q.name, fps[q.name]):
             out[q.name], ctx.logs[q.name].times["verify"] = _get_ranked(cache, q.name, "inliers")
             ctx.logs[q.name].verified = [(n, int(v)) for n, v in out[q.name]]
         elif q.name in shortlists:
@@ -119,7 +193,7 @@ def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
     tasks = []
     for q in ctx.queries:
         for db in _matched_names(ctx, shortlists, q):
-            if cache.has(f"{q.name}/{db}"):
+            if cache.has(f"{q.name}/{db}", _pair_fp(ctx, q, db)):
                 continue
             if db not in ctx.database:
                 ctx.logs[q.name].fail("matching", f"shortlisted database image {db} is not in the database")
@@ -132,20 +206,20 @@ def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
         if isinstance(res, Exception):
             ctx.logs[q.name].fail("matching", f"{q.name} vs {db}: {res}")
             continue
-        cache.put(f"{q.name}/{db}", res)
+        cache.put(f"{q.name}/{db}", res, _pair_fp(ctx, q, db))
     cache.finalize()
     for q in ctx.queries:
         if q.name in shortlists:
-            ctx.logs[q.name].times["matching"] = _pair_matches(cache, q, _matched_names(ctx, shortlists, q))[1]
+            ctx.logs[q.name].times["matching"] = _pair_matches(ctx, cache, q, _matched_names(ctx, shortlists, q))[1]
     return cache
 
 
-def _pair_matches(cache: StageCache, q: Query, names: Sequence[str]) -> tuple[list, float]:
+def _pair_matches(ctx: RunContext, cache: StageCache, q: Query, names: Sequence[str]) -> tuple[list, float]:
     """[(db, kp_query, kp_db, scores)] of the cached pairs of one query, and their total matching time."""
     out, total_t = [], 0.0
     for db in names:
         key = f"{q.name}/{db}"
-        if cache.has(key):
+        if cache.has(key, _pair_fp(ctx, q, db)):
             e = cache.get(key)
             total_t += float(e["time_s"])
             out.append((db, e["keypoints0"], e["keypoints1"], e["scores"]))
@@ -158,19 +232,19 @@ def pose_candidates(ctx: RunContext, shortlists: Shortlists, mcache: StageCache,
     cache = StageCache(ctx.export_dir, "pose", key, depends=[mcache, scache])
     tasks, names = [], []
     for q in ctx.queries:
-        if q.name not in shortlists or cache.has(q.name):
+        if q.name not in shortlists or cache.has(q.name, _pose_fp(ctx, shortlists, q)):
             continue
         matched = _matched_names(ctx, shortlists, q)
-        pairs, _ = _pair_matches(mcache, q, matched)
+        pairs, _ = _pair_matches(ctx, mcache, q, matched)
         if len(pairs) < len(matched):
             continue  # matching failed for this query: already logged
         tasks.append((q.camera, pairs))
-        names.append(q.name)
+        names.append(q)
     for i, res in ctx.executor.run(PoseWorker, (ctx.conf.pose, *ctx.db_spec), tasks, "pose"):
         if isinstance(res, Exception):
-            ctx.logs[names[i]].fail("pose", str(res))
+            ctx.logs[names[i].name].fail("pose", str(res))
             continue
-        cache.put(names[i], res)
+        cache.put(names[i].name, res, _pose_fp(ctx, shortlists, names[i]))
     cache.finalize()
     return cache
 
@@ -181,14 +255,16 @@ def densepv(ctx: RunContext, pcache: StageCache, save_renders: Path | None = Non
     if conf is None:
         return None
     cache = StageCache(ctx.export_dir, "densepv", to_dict(conf), depends=[pcache])
-    todo = [q for q in ctx.queries if pcache.has(q.name) and not cache.has(q.name)]
+    fps = {q.name: _known_pose_fp(ctx, q) for q in ctx.queries}
+    todo = [q for q in ctx.queries if fps[q.name] and pcache.has(q.name, fps[q.name])
+            and not cache.has(q.name, fps[q.name])]
     tasks = [(q.name, str(q.path), q.camera, pcache.get(q.name)) for q in todo]
     args = (conf, *ctx.db_spec, str(save_renders) if save_renders else None)
     for i, res in ctx.executor.run(DensePVWorker, args, tasks, "densepv"):
         if isinstance(res, Exception):
             ctx.logs[todo[i].name].fail("densepv", str(res))
             continue
-        cache.put(todo[i].name, res)
+        cache.put(todo[i].name, res, fps[todo[i].name])
     cache.finalize()
     return cache
 
@@ -197,14 +273,15 @@ def choose(ctx: RunContext, pcache: StageCache, dcache: StageCache | None) -> di
     """6. Each query's pose and top-1 database image (``pose.candidates.choose_pose``)."""
     out = {}
     for q in ctx.queries:
-        if not pcache.has(q.name):
+        fp = _known_pose_fp(ctx, q)
+        if fp is None or not pcache.has(q.name, fp):
             continue
         log = ctx.logs[q.name]
         e = pcache.get(q.name)
         cands = candidates_from_record(e)
         log.times["pose"] = float(e["time_s"])
         scores = None
-        if dcache is not None and dcache.has(q.name):
+        if dcache is not None and dcache.has(q.name, fp):
             d = dcache.get(q.name)
             scores = d["scores"]
             log.times["densepv"] = float(d["time_s"])
