@@ -2,7 +2,9 @@
 
 Writes into DIR (layouts: ``localize.core.hloc``):
 
-* ``pairs.txt`` — each query's shortlist after verification, best first, ``q r`` lines;
+* ``pairs.txt`` — the matched pairs (each query's first verified images, best first, ``q r`` lines):
+  exactly the pairs of ``matches.h5``, as hloc's localization expects;
+* ``shortlist.txt`` — each query's whole shortlist after verification, best first (for hloc's matchers);
 * ``features.h5`` + ``matches.h5`` — the NCNet matches of the matched pairs (exact keypoints per image,
   hloc pixels, ``matches0`` padded to the query's keypoint count, ``matching_scores0``);
 * ``global-feats.h5`` — the retrieval's global descriptors of database images and queries (when the
@@ -58,13 +60,12 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def export_run(ctx: RunContext, shortlists: dict[str, list[tuple[str, float]]], mcache: StageCache,
                out_dir: str | Path, name_style: str = "inloc") -> HlocExport:
-    """Write pairs.txt, features.h5, matches.h5 (and global-feats.h5 when the run retrieved) into ``out_dir``."""
+    """Write pairs.txt, shortlist.txt, features.h5, matches.h5 (and global-feats.h5 when the run retrieved) into ``out_dir``."""
     out_dir = Path(out_dir)
     qname = {q.name: to_hloc_name(q.name, "query", name_style) for q in ctx.queries}
     dname = {n: to_hloc_name(n, "db", name_style) for n in ctx.database}
-    pairs_path = out_dir / "pairs.txt"
-    write_pairs(pairs_path, {qname[q.name]: [(dname[d], s) for d, s in shortlists[q.name] if d in dname]
-                             for q in ctx.queries if q.name in shortlists})
+    write_pairs(out_dir / "shortlist.txt", {qname[q.name]: [(dname[d], s) for d, s in shortlists[q.name] if d in dname]
+                                            for q in ctx.queries if q.name in shortlists})
     pair_matches, sizes = {}, {}
     for q in ctx.queries:
         for db, _ in shortlists.get(q.name, [])[:ctx.conf.pairs_per_query]:
@@ -75,6 +76,11 @@ def export_run(ctx: RunContext, shortlists: dict[str, list[tuple[str, float]]], 
             sizes[qname[q.name]] = _image_size(q.path)
             cam = ctx.database[db].camera
             sizes[dname[db]] = (cam.width, cam.height)
+    pairs_path = out_dir / "pairs.txt"
+    matched: dict[str, list[tuple[str, float]]] = {}
+    for q, d in pair_matches:
+        matched.setdefault(q, []).append((d, float("nan")))
+    write_pairs(pairs_path, matched)
     hm = pair_matches_to_hloc(pair_matches, sizes)
     write_features(out_dir / "features.h5", hm)
     write_matches(out_dir / "matches.h5", hm)

@@ -45,8 +45,10 @@ import numpy as np
 from datasets.database import DB_FORMATS, load_database
 from localize.core.config import from_dict, nonnegative_float, nonnegative_int, positive_float, positive_int
 from localize.core.errors import InputError
-from localize.core.formats import PoseEntry, read_query_list, write_poses, write_top1
+from localize.core.formats import PoseEntry, read_pairs, read_query_list, write_poses, write_top1
 from localize.core.geometry import Camera
+from localize.core.hloc import NAME_STYLES, from_hloc_name, resolve_pairs
+from localize.core.hloc import read_matches as read_hloc_matches
 from localize.core.records import DbImage, load_rgb
 from pose.candidates import Candidate, CandidatesConfig, PairMatches, choose_pose, estimate_candidates
 from pose.densepv import DensePVConfig, PointSource, order_by_densepv, point_source
@@ -149,11 +151,41 @@ def localize_query(name: str, camera: Camera, pairs: list[PairMatches], db: Mapp
     return best, cands, reason
 
 
+def read_hloc_pair_matches(matches: str | Path, pairs: str | Path, query_names: Sequence[str],
+                           db_names: Sequence[str], features: str | Path | None = None,
+                           name_style: str = "hloc") -> dict[str, list[PairMatches]]:
+    """hloc's matches.h5 (+ features.h5 for ``matches0``) of the pairs in a pairs file -> {query: [PairMatches]}.
+
+    Names are read in ``name_style`` and mapped to the project's; PairsError (an InputError) when no
+    query or database image of the pairs file resolves, or a listed pair is missing from the file.
+    """
+    raw = read_pairs(pairs)
+    resolve_pairs(raw, query_names, db_names, pairs, name_style)  # one clear error when nothing resolves
+    qset, dset = set(query_names), set(db_names)
+    wanted: dict[tuple[str, str], tuple[str, str]] = {}
+    for q_raw, lst in raw.items():
+        q = from_hloc_name(q_raw, "query", qset, name_style)
+        for d_raw, _ in lst if q is not None else ():
+            d = from_hloc_name(d_raw, "db", dset, name_style)
+            if d is not None:
+                wanted[(q_raw, d_raw)] = (q, d)
+    out: dict[str, list[PairMatches]] = defaultdict(list)
+    for key, (kq, kd, scores) in read_hloc_matches(matches, list(wanted), features).items():
+        q, d = wanted[key]
+        out[q].append(PairMatches(d, kq, kd, scores))
+    return dict(out)
+
+
 def main(conf: EstimateConfig | Mapping[str, Any] | None, db: str | Path, matches: str | Path,
          queries_list: str | Path, out: str | Path | None = None, db_format: str = "rgbd",
          query_dir: str | Path | None = None, save_renders: str | Path | None = None,
-         top1_out: str | Path | None = None) -> EstimateOutputs:
+         top1_out: str | Path | None = None, pairs: str | Path | None = None,
+         hloc_features: str | Path | None = None, name_style: str = "hloc") -> EstimateOutputs:
     """Localize the listed queries from their matches; writes the poses file ``out`` (and ``top1_out``) if given.
+
+    With ``pairs``, ``matches`` is hloc's matches.h5 (``hloc_features`` = its features.h5 when the
+    groups hold ``matches0``), read for the pairs of that file in ``name_style``; else the project's
+    match files (groups with ``keypoints0`` / ``keypoints1`` / ``scores``).
 
     Raises InputError / OSError / ValueError for an unusable database, query list, match file or
     configuration (DensePV needs ``query_dir``); a query that fails is reported in the outputs.
@@ -163,7 +195,10 @@ def main(conf: EstimateConfig | Mapping[str, Any] | None, db: str | Path, matche
         raise InputError("DensePV needs the query images (query_dir / --query-dir)")
     cams = read_query_list(queries_list)
     db_records = load_database(db, db_format)
-    pairs_of = read_matches(matches, list(cams))
+    if pairs is not None:
+        pairs_of = read_hloc_pair_matches(matches, pairs, list(cams), list(db_records), hloc_features, name_style)
+    else:
+        pairs_of = read_matches(matches, list(cams))
     src = point_source(db_records, conf.densepv) if conf.densepv is not None else None
     renders = Path(save_renders) if save_renders else None
     res = EstimateOutputs({}, {}, {})
@@ -215,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-dir", default=None, help="query images (needed for --densepv)")
     p.add_argument("--out", required=True, help="output poses file (8 columns)")
     p.add_argument("--top1", default=None, help="also write the top-1 side file ('query db' lines) here")
+    p.add_argument("--pairs", default=None,
+                   help="hloc pairs file: --matches is then hloc's matches.h5, read for these pairs")
+    p.add_argument("--hloc-features", default=None, help="hloc's features.h5 (keypoints of matches0 groups)")
+    p.add_argument("--name-style", choices=NAME_STYLES, default="hloc",
+                   help="names in --pairs / the hloc files: hloc (dataset-root relative) or inloc")
     p.add_argument("--densepv", action="store_true", help="re-rank candidates by dense pose verification")
     p.add_argument("--save-renders", default=None, help="folder for DensePV debug PNGs (implies --densepv)")
     p.add_argument("--backend", default="pycolmap", choices=("pycolmap", "opencv"))
@@ -259,7 +299,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         main(conf_from_args(args), args.db, args.matches, args.queries_list, args.out, args.db_format,
-             args.query_dir, args.save_renders, args.top1)
+             args.query_dir, args.save_renders, args.top1, args.pairs, args.hloc_features, args.name_style)
     except (InputError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 2

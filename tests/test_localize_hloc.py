@@ -124,3 +124,19 @@ def test_colmap_copy_of_the_database_localizes_as_well(tiny_building, native, tm
     runmod.main(tiny_pipeline_conf(256), qdir, tmp_path / "colmap", tmp_path / "out", "colmap", qlist)
     assert _recall(tiny_building, tmp_path / "out") == _recall(tiny_building, native)
     assert detect_format(tmp_path / "colmap") == "colmap"
+
+
+def test_hloc_matches_drive_pose_estimation(tiny_building, native, tmp_path):
+    """Our retrieval + matching exported in hloc's layout, read back by pose.estimate as hloc's matches would be."""
+    from pose.estimate import main as estimate
+
+    qdir, qlist = _args(tiny_building)
+    hloc = native / "hloc"
+    res = estimate({"candidates": tiny_pipeline_conf()["pose"]}, tiny_building / "db", hloc / "matches.h5", qlist,
+                   tmp_path / "poses.txt", "rgbd", pairs=hloc / "pairs.txt", hloc_features=hloc / "features.h5",
+                   name_style="hloc")
+    assert set(res.poses) <= set(read_query_list(qlist)) and res.poses
+    assert _recall(tiny_building, tmp_path)[0] >= _recall(tiny_building, native)[0] - 12.5  # at most one query less
+    with pytest.raises(Exception, match="expected query names"):
+        estimate(None, tiny_building / "db", hloc / "matches.h5", qlist, None, "rgbd", pairs=hloc / "pairs.txt",
+                 hloc_features=hloc / "features.h5", name_style="inloc")
