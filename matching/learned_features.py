@@ -8,7 +8,8 @@ pixel ((j + 0.5) s, (i + 0.5) s).
 
 Weight file (``matching/weights/learned_features.pth``, read with ``localize.core.torchfile.load_torch_file``,
 no extra classes allowed): dict ``format`` = ``LEARNED_FORMAT``, ``config`` (plain dict of ``LearnedConfig``),
-``state_dict`` (float16 tensors), ``meta`` (plain dict: training command, iterations, ...).
+``state_dict`` (convolution kernels int8 with float32 per-output-channel ``scales``, other tensors
+float16), ``meta`` (plain dict: training command, iterations, ...).
 
 ``match_images_learned``: the usual correlation -> (consensus) -> extraction, then a sub-cell refinement of the
 B keypoints by the descriptor of A's cell against B's bilinearly interpolated descriptor field (+-1 cell,
@@ -22,7 +23,6 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from localize.core.config import from_dict
 from localize.core.torchfile import load_torch_file
 from matching.correlation import feature_l2norm
 from matching.extract import extract_matches
+from matching.preprocess import image_to_tensor, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,36 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per output channel (dim 0) -> (int8 tensor, float32 scale per channel); w ~ q * scale."""
+    flat = w.detach().float().reshape(len(w), -1)
+    scale = flat.abs().amax(1).clamp_min(1e-12) / 127.0
+    q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
 def weights_payload(model: LearnedFeatures, meta: dict | None = None) -> dict:
-    """The packaged-file dict (float16 state dict; BN statistics included)."""
-    sd = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-          for k, v in model.state_dict().items()}
-    return {"format": LEARNED_FORMAT, "config": model.config.to_dict(), "state_dict": sd, "meta": dict(meta or {})}
+    """The packaged-file dict: convolution kernels int8 per output channel (``scales``), the rest float16."""
+    sd, scales = {}, {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.ndim == 4:
+            sd[k], scales[k] = quantize_int8(v)
+        else:
+            sd[k] = v.half() if v.is_floating_point() else v
+    return {"format": LEARNED_FORMAT, "config": model.config.to_dict(), "state_dict": sd, "scales": scales,
+            "meta": dict(meta or {})}
+
+
+def _dequantized(sd: dict, scales: dict) -> dict:
+    """float32 state dict of a packaged file (int8 kernels times their per-channel scales)."""
+    out = {}
+    for k, v in sd.items():
+        if k in scales:
+            out[k] = v.float() * scales[k].float().reshape(-1, *([1] * (v.ndim - 1)))
+        else:
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
 
 
 def save_learned_weights(model: LearnedFeatures, path: str | Path, meta: dict | None = None) -> Path:
@@ -117,7 +143,7 @@ def load_learned_features(path: str | Path | None = None, device: str | torch.de
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a learned-features weight file")
     if obj.get("format") == LEARNED_FORMAT:
-        conf, sd = obj["config"], obj["state_dict"]
+        conf, sd = obj["config"], _dequantized(obj["state_dict"], obj.get("scales", {}))
     elif "model" in obj and "feature_config" in obj:
         conf, sd = obj["feature_config"], obj["model"]
     else:
@@ -128,23 +154,6 @@ def load_learned_features(path: str | Path | None = None, device: str | torch.de
 
 
 # ---------------------------------------------------------------------------------------------- matching
-def resized_shape(height: int, width: int, image_size: int, multiple: int) -> tuple[int, int]:
-    """(h, w) with the longer side ~ image_size, aspect kept, multiples of ``multiple`` (as ``matching.match``)."""
-    scale = image_size / max(height, width)
-    return (max(multiple, int(round(height * scale)) // multiple * multiple),
-            max(multiple, int(round(width * scale)) // multiple * multiple))
-
-
-def image_to_tensor(img: np.ndarray, shape_hw: tuple[int, int], device: str | torch.device) -> Tensor:
-    """H x W (x 3) uint8 -> [1, 3, h, w] float 0..1 resized (area when shrinking), as ``matching.match``."""
-    h, w = shape_hw
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_LINEAR
-    small = cv2.resize(np.ascontiguousarray(img[..., :3]), (w, h), interpolation=interp)
-    return torch.from_numpy(small).to(device).permute(2, 0, 1)[None].float() / 255.0
-
-
 def sample_descriptors(feat: Tensor, xy: Tensor, image_hw: tuple[int, int]) -> Tensor:
     """Bilinear descriptors of feat [C, h, w] at pixels xy [..., 2] of the (resized) image -> [..., C] (not renormed)."""
     H, W = image_hw
