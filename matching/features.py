@@ -8,6 +8,8 @@ input image (COLMAP convention), i.e. the grid covers the image.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_NAMES = ("dense-rootsift", "resnet101", "learned")
+PRECISIONS = ("auto", "float32", "bfloat16")
+CPUINFO = Path("/proc/cpuinfo")
 # torchvision resnet101 module name -> index in NCNet's Sequential(conv1, bn1, relu, maxpool, layer1..3)
 TORCHVISION_TO_SEQUENTIAL = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6}
 
@@ -47,7 +51,14 @@ class ResNet101Features(nn.Module):
         self.model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.compute_dtype = torch.float32
         self.eval()
+
+    def set_compute(self, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> None:
+        """Run the convolutions in ``dtype`` (float32 or bfloat16) and memory format (channels-last or not);
+        the output stays float32, L2-normalised in float32."""
+        self.compute_dtype = dtype
+        self.model.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def train(self, mode: bool = True) -> ResNet101Features:
         """BatchNorm always stays in eval mode (frozen statistics), as in NCNet."""
@@ -69,8 +80,11 @@ class ResNet101Features(nn.Module):
         log.info("loaded torchvision ResNet-101 weights from %s", path)
 
     def forward(self, image: Tensor) -> Tensor:
-        """[B, 3, H, W] RGB 0..1 -> [B, 1024, H/16, W/16] L2-normalised."""
-        return feature_l2norm(self.model((image - self.mean) / self.std))
+        """[B, 3, H, W] RGB 0..1 -> [B, 1024, H/16, W/16] float32 L2-normalised (contiguous NCHW)."""
+        x = ((image - self.mean) / self.std).to(self.compute_dtype)
+        if self.model[0].weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return feature_l2norm(self.model(x).float()).contiguous()
 
 
 def load_backbone_state(model: nn.Module, state: dict[str, Tensor]) -> None:
@@ -103,6 +117,81 @@ class DenseRootSIFTFeatures(nn.Module):
                               min_contrast=self.min_contrast).to(image.dtype)
 
 
+def cpu_has_bf16_matrix_units(cpuinfo: Path = CPUINFO) -> bool:
+    """True when the CPU flags list AMX-BF16 (bfloat16 tile matrix units); False elsewhere or if unreadable."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any("amx_bf16" in line.split() for line in text.splitlines() if line.startswith("flags"))
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """Backbone compute dtype: 'float32', 'bfloat16', or 'auto' = bfloat16 on CPUs with AMX-BF16, else float32.
+
+    AVX-512-BF16 alone is not enough for 'auto': there oneDNN's bfloat16 convolutions and GEMMs ran slower
+    than float32 (measured with ``benchmarks/bench_ncnet.py --inloc --precision``).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        on_cpu = torch.device(device).type == "cpu"
+        return torch.bfloat16 if on_cpu and cpu_has_bf16_matrix_units() else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """One image's matching features: ``tensor`` [1, C, h, w] L2-normalised float32 (h, w = ``input_hw`` /
+    stride), ``image_hw`` the original image (H, W) px, ``input_hw`` the network input (h, w) px."""
+
+    tensor: Tensor
+    image_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the feature tensor."""
+        return self.tensor.numel() * self.tensor.element_size()
+
+
+class FeatureLRU:
+    """In-memory ``ImageFeatures`` by key, least recently used dropped first, at most ``max_bytes`` in total
+    (an item larger than the bound is not kept)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[object, ImageFeatures] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: object) -> ImageFeatures | None:
+        """The features under ``key`` (now the most recently used), or None."""
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return item
+
+    def put(self, key: object, item: ImageFeatures) -> None:
+        """Keep ``item`` under ``key``, dropping the least recently used items beyond ``max_bytes``."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        if item.nbytes > self.max_bytes:
+            return
+        self._items[key] = item
+        self.nbytes += item.nbytes
+        while self.nbytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+
+
 def build_features(name: str, backbone_weights: str | Path | None = None, step: int = 8) -> nn.Module:
     """Feature extractor by name: 'dense-rootsift' (``step`` px grid), 'resnet101' (optional torchvision .pth)
     or 'learned' (``matching.learned_features``; packaged weights, or ``backbone_weights`` = its weight file)."""
@@ -119,5 +208,6 @@ def build_features(name: str, backbone_weights: str | Path | None = None, step: 
     raise ValueError(f"unknown features {name!r}; choose from {FEATURE_NAMES}")
 
 
-__all__ = ["ResNet101Features", "DenseRootSIFTFeatures", "build_features", "load_backbone_state",
-           "FEATURE_NAMES", "TORCHVISION_TO_SEQUENTIAL"]
+__all__ = ["FEATURE_NAMES", "PRECISIONS", "TORCHVISION_TO_SEQUENTIAL", "DenseRootSIFTFeatures", "FeatureLRU",
+           "ImageFeatures", "ResNet101Features", "build_features", "cpu_has_bf16_matrix_units", "load_backbone_state",
+           "resolve_precision"]

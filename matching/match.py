@@ -1,7 +1,8 @@
 """Match two images with NCNet (dense or Sparse-NCNet): ``Matcher``, ``main`` and ``python -m matching.match``.
 
 ``MatchConfig`` holds every option of the pipeline's 'matching' stage; ``Matcher(conf).match(img_a, img_b)``
-is the one dense / sparse dispatch; ``main(conf, image_a, image_b, ...)`` is the library entry (files in,
+is the one dense / sparse dispatch, ``Matcher.features(img)`` + ``Matcher.match_features(fa, fb, ...)`` the
+same in two steps (each image's features computed once, reused across pairs); ``main(conf, image_a, image_b, ...)`` is the library entry (files in,
 matches out) and ``cli(argv)`` the command line. Keypoints are pixels (x, y) of the ORIGINAL images in the
 COLMAP convention (top-left pixel centre at (0.5, 0.5); an image of width W spans [0, W]).
 """
@@ -22,14 +23,16 @@ from localize.core.config import from_dict, positive_int
 from localize.core.errors import InputError
 from localize.core.records import load_rgb
 from matching.extract import extract_matches
+from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, resolve_precision
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
 from matching.refine import RefineConfig, refine_with
-from matching.sparse.match import DEFAULT_TOP_K, RELOCALIZATION_MODES, match_images_sparse
+from matching.sparse.match import DEFAULT_TOP_K, RELOCALIZATION_MODES, match_sparse_head, sparse_cell_multiple
 
 log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 400
+DEFAULT_FEATURE_CACHE_MB = 512
 PLOT_MAX_LINES = 300
 
 
@@ -43,7 +46,10 @@ class MatchConfig:
     relocalization (sparse: mode ``reloc_mode``); sparse: Sparse-NCNet with ``top_k`` matches per cell both
     ways; refine: sub-cell NCC refinement with ``refine_options`` (common scale, radius in matching cells);
     max_matches: keep the best N (None = all); half: float16 consensus (CUDA); consensus: False =
-    correlation + mutual NN only.
+    correlation + mutual NN only; precision: the resnet101 backbone's compute dtype ('auto', 'float32',
+    'bfloat16'; ``matching.features.resolve_precision``); channels_last: resnet101 convolutions in
+    channels-last memory format; feature_cache_mb: in-memory database features kept by the pipeline's
+    matching worker across queries (MiB, least recently used dropped first; 0 = none).
     """
 
     weights: str | None = None
@@ -59,6 +65,9 @@ class MatchConfig:
     max_matches: int | None = None
     half: bool = False
     consensus: bool = True
+    precision: str = "auto"
+    channels_last: bool = True
+    feature_cache_mb: int = DEFAULT_FEATURE_CACHE_MB
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -69,39 +78,93 @@ class MatchConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.max_matches is not None and int(self.max_matches) < 0:
             raise ValueError(f"max_matches must be >= 0 or None, got {self.max_matches}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if int(self.feature_cache_mb) < 0:
+            raise ValueError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
 
 
 class Matcher:
-    """NCNet built once from a ``MatchConfig``; ``match(img_a, img_b)`` dispatches to dense or sparse matching."""
+    """NCNet built once from a ``MatchConfig``; ``match(img_a, img_b)`` dispatches to dense or sparse matching,
+    ``features(img)`` + ``match_features(fa, fb, img_a, img_b)`` are the same in two steps (same results)."""
 
     def __init__(self, conf: MatchConfig, device: str | torch.device = "cpu") -> None:
         self.conf, self.device = conf, device
         self.model = build_ncnet(conf.weights, features=conf.features, backbone_weights=conf.backbone_weights,
                                  relocalization_k=2 if conf.relocalize else 1, consensus=bool(conf.consensus),
                                  half=bool(conf.half), device=device)
+        self.dtype = resolve_precision(conf.precision, device)
+        if isinstance(self.model.features, ResNet101Features):
+            self.model.features.set_compute(self.dtype, bool(conf.channels_last))
+
+    @property
+    def cell_multiple(self) -> int:
+        """Network input sides are multiples of this (feature stride x pooling)."""
+        c = self.conf
+        if c.sparse:
+            return sparse_cell_multiple(self.model, c.reloc_mode if c.relocalize else "none")
+        return self.model.cell_multiple
+
+    def features(self, img: np.ndarray) -> ImageFeatures:
+        """H x W x 3 uint8 RGB image -> its ``ImageFeatures`` (to pair with any other image's)."""
+        return image_features(self.model, img, int(self.conf.image_size), self.cell_multiple)
+
+    def match_features(self, feat_a: ImageFeatures, feat_b: ImageFeatures, img_a: np.ndarray | None = None,
+                       img_b: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Matches of two images from their ``features``; the images themselves are needed only to refine."""
+        c, model = self.conf, self.model
+        if c.refine and (img_a is None or img_b is None):
+            raise ValueError("refine needs both images: match_features(feat_a, feat_b, img_a, img_b)")
+        if not c.sparse:
+            return match_dense_head(model, feat_a, feat_b, img_a, img_b, refine=bool(c.refine),
+                                    max_matches=c.max_matches, refine_options=c.refine_options)
+        m = match_sparse_head(model, feat_a.tensor, feat_b.tensor, feat_a.image_hw, feat_b.image_hw,
+                              top_k=int(c.top_k), relocalization=c.reloc_mode if c.relocalize else "none",
+                              max_matches=c.max_matches)
+        if c.refine:
+            stride, size = model.features.stride, int(c.image_size)
+            m = refine_with(img_a, img_b, m, c.refine_options, stride * max(feat_a.image_hw) / size,
+                            stride * max(feat_b.image_hw) / size)
+        return m
 
     def match(self, img_a: np.ndarray, img_b: np.ndarray) -> dict[str, np.ndarray]:
         """Two H x W x 3 uint8 RGB images -> keypoints0 / keypoints1 (N x 2 px, COLMAP), scores (N) [+ ncc (N)].
 
         Refinement (dense and sparse): ``matching.refine.refine_with`` at the two images' common scale.
         """
-        c, model = self.conf, self.model
-        size = int(c.image_size)
-        if not c.sparse:
-            return match_images(model, img_a, img_b, image_size=size, refine=bool(c.refine),
-                                max_matches=c.max_matches, refine_options=c.refine_options)
-        m = match_images_sparse(model, img_a, img_b, size, top_k=int(c.top_k),
-                                relocalization=c.reloc_mode if c.relocalize else "none", max_matches=c.max_matches)
-        if c.refine:
-            stride = model.features.stride
-            m = refine_with(img_a, img_b, m, c.refine_options, stride * max(img_a.shape[:2]) / size,
-                            stride * max(img_b.shape[:2]) / size)
-        return m
+        return self.match_features(self.features(img_a), self.features(img_b), img_a, img_b)
 
     __call__ = match
 
 
 @torch.no_grad()
+def image_features(model: NCNet, img: np.ndarray, image_size: int, multiple: int) -> ImageFeatures:
+    """``model.features`` of an H x W x 3 uint8 RGB image resized to longer side ~``image_size`` (sides
+    rounded down to multiples of ``multiple``), on the model's device."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    shape = resized_shape(img.shape[0], img.shape[1], image_size, multiple)
+    return ImageFeatures(model.features(image_to_tensor(img, shape, device)), tuple(img.shape[:2]), shape)
+
+
+@torch.no_grad()
+def match_dense_head(model: NCNet, feat_a: ImageFeatures, feat_b: ImageFeatures, img_a: np.ndarray | None = None,
+                     img_b: np.ndarray | None = None, refine: bool = False, max_matches: int | None = None,
+                     min_score: float = 0.0, refine_options: RefineConfig | None = None) -> dict[str, np.ndarray]:
+    """Dense NCNet matches from two images' features (``match_images`` after the backbone); images only to refine."""
+    out = model.head(feat_a.tensor, feat_b.tensor)
+    m = extract_matches(out.corr[:1], feat_a.image_hw, feat_b.image_hw, code=out.code, k=out.k)
+    keep = m["scores"] >= min_score
+    result = {"keypoints0": m["keypoints0"][keep].cpu().numpy(), "keypoints1": m["keypoints1"][keep].cpu().numpy(),
+              "scores": m["scores"][keep].float().cpu().numpy()}
+    if max_matches is not None:
+        result = {k: v[:max_matches] for k, v in result.items()}
+    if refine:
+        cell_a = model.features.stride * feat_a.image_hw[1] / feat_a.input_hw[1]
+        cell_b = model.features.stride * feat_b.image_hw[1] / feat_b.input_hw[1]
+        result = refine_with(img_a, img_b, result, refine_options or RefineConfig(), cell_a, cell_b)
+    return result
+
+
 def match_images(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE,
                  refine: bool = False, max_matches: int | None = None, min_score: float = 0.0,
                  refine_options: RefineConfig | None = None) -> dict[str, np.ndarray]:
@@ -112,22 +175,24 @@ def match_images(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size:
     ``refine``: sub-cell refinement (``matching.refine.refine_with``, options ``refine_options``: both images
     at a common scale, radius in matching cells); then also ``ncc`` (N, peak NCC) is returned.
     """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    mult = model.cell_multiple
-    ta = image_to_tensor(img_a, resized_shape(img_a.shape[0], img_a.shape[1], image_size, mult), device)
-    tb = image_to_tensor(img_b, resized_shape(img_b.shape[0], img_b.shape[1], image_size, mult), device)
-    out = model(ta, tb)
-    m = extract_matches(out.corr[:1], img_a.shape[:2], img_b.shape[:2], code=out.code, k=out.k)
-    keep = m["scores"] >= min_score
-    result = {"keypoints0": m["keypoints0"][keep].cpu().numpy(), "keypoints1": m["keypoints1"][keep].cpu().numpy(),
-              "scores": m["scores"][keep].float().cpu().numpy()}
-    if max_matches is not None:
-        result = {k: v[:max_matches] for k, v in result.items()}
-    if refine:
-        cell_a = model.features.stride * img_a.shape[1] / ta.shape[-1]
-        cell_b = model.features.stride * img_b.shape[1] / tb.shape[-1]
-        result = refine_with(img_a, img_b, result, refine_options or RefineConfig(), cell_a, cell_b)
-    return result
+    feat_a = image_features(model, img_a, image_size, model.cell_multiple)
+    feat_b = image_features(model, img_b, image_size, model.cell_multiple)
+    return match_dense_head(model, feat_a, feat_b, img_a, img_b, refine, max_matches, min_score, refine_options)
+
+
+def match_agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], tol_px: float = 0.5) -> float:
+    """Share of matches two results have in common: |common| / max(|reference|, |other|), 1.0 when both are empty.
+
+    A match is common when both its keypoints (keypoints0 and keypoints1, px) fall in the same ``tol_px``
+    grid cell in both results (matches on a feature grid are the same match when equal).
+    """
+    def keyset(m: dict[str, np.ndarray]) -> set[tuple[int, ...]]:
+        kp = np.concatenate([np.asarray(m["keypoints0"], np.float64), np.asarray(m["keypoints1"], np.float64)], 1)
+        return set(map(tuple, np.floor(kp / tol_px).astype(np.int64).tolist()))
+
+    ref, got = keyset(reference), keyset(other)
+    n = max(len(reference["scores"]), len(other["scores"]))
+    return 1.0 if n == 0 else len(ref & got) / n
 
 
 def write_matches_h5(path: str | Path, matches: dict[str, np.ndarray], attrs: dict | None = None) -> None:
@@ -178,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-consensus", action="store_true", help="correlation + mutual NN only")
     ap.add_argument("--refine", action="store_true", help="sub-cell refinement at full resolution")
     ap.add_argument("--half", action="store_true", help="float16 consensus (CUDA)")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                    help="resnet101 backbone compute dtype (auto: bfloat16 on CPUs with AMX-BF16)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--max-matches", type=positive_int, default=None)
     ap.add_argument("--sparse", action="store_true", help="Sparse-NCNet: top-k sparse correlation + sparse consensus")
@@ -196,7 +263,7 @@ def conf_from_args(args: argparse.Namespace) -> MatchConfig:
         "weights": args.weights, "features": args.features, "backbone_weights": args.backbone_weights,
         "image_size": args.image_size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
         "sparse": args.sparse, "top_k": args.top_k, "refine": args.refine, "max_matches": args.max_matches,
-        "half": args.half, "consensus": not args.no_consensus})
+        "half": args.half, "consensus": not args.no_consensus, "precision": args.precision})
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -219,8 +286,9 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "MatchConfig", "Matcher", "build_parser", "cli", "conf_from_args", "main",
-           "match_images", "read_matches_h5", "write_matches_h5"]
+__all__ = ["DEFAULT_FEATURE_CACHE_MB", "DEFAULT_IMAGE_SIZE", "MatchConfig", "Matcher", "build_parser", "cli",
+           "conf_from_args", "image_features", "main", "match_agreement", "match_dense_head", "match_images", "read_matches_h5",
+           "write_matches_h5"]
 
 
 if __name__ == "__main__":

@@ -61,11 +61,14 @@ class NCNet(nn.Module):
             return correlation_4d_maxpool(feat_a, feat_b, self.relocalization_k)
         return correlation_4d(feat_a, feat_b), None
 
-    def forward(self, image_a: Tensor, image_b: Tensor) -> NCNetOutput:
-        """Images [B, 3, H, W] RGB 0..1 (sides multiples of ``cell_multiple``) -> filtered correlation."""
-        feat_a, feat_b = self.features(image_a), self.features(image_b)
+    def head(self, feat_a: Tensor, feat_b: Tensor) -> NCNetOutput:
+        """Both images' features [B, C, h, w] (from ``self.features``) -> filtered correlation."""
         corr, code = self.correlate(feat_a, feat_b)
         return NCNetOutput(self.filter_correlation(corr), code, self.relocalization_k)
+
+    def forward(self, image_a: Tensor, image_b: Tensor) -> NCNetOutput:
+        """Images [B, 3, H, W] RGB 0..1 (sides multiples of ``cell_multiple``) -> filtered correlation."""
+        return self.head(self.features(image_a), self.features(image_b))
 
 
 def load_weights(model: NCNet, ckpt: dict) -> None:

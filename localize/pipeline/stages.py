@@ -186,9 +186,12 @@ def _matched_names(ctx: RunContext, shortlists: Shortlists, q: Query) -> list[st
 
 
 def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
-    """3. NCNet matches between each query and its first shortlisted images, cached per pair."""
+    """3. NCNet matches between each query and its first shortlisted images, cached per pair.
+
+    Tasks go to the workers grouped per query, so each keeps the query's features across its shortlist."""
     conf = ctx.conf.matching
     key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
+    del key["feature_cache_mb"]  # memory reuse only: the matches do not depend on it
     cache = StageCache(ctx.export_dir, "matches", key)
     tasks = []
     for q in ctx.queries:

@@ -8,6 +8,7 @@ worker never needs the whole database in memory.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from datasets.database import load_database
 from localize.core.geometry import Camera
 from localize.core.records import load_rgb
+from matching.features import FeatureLRU, ImageFeatures
 from matching.match import MatchConfig, Matcher
 from pose.candidates import (
     CandidatesConfig,
@@ -28,24 +30,46 @@ from pose.densepv import DensePVConfig, order_by_densepv
 
 
 class MatchWorker:
-    """NCNet matcher: task (query image path, database image path) -> matches (pixels, scores, seconds)."""
+    """NCNet matcher: task (query image path, database image path) -> matches (pixels, scores, seconds).
+
+    Each image's features are computed once: the query's are kept while its tasks follow one another (the
+    stage sends them grouped per query), database images' are kept across queries in a ``FeatureLRU`` of
+    ``conf.feature_cache_mb`` MiB keyed by path, size and modification time. ``time_s`` counts the backbone
+    passes this task needed (none for a cached image) and the matching head.
+    """
 
     def __init__(self, conf: MatchConfig, device: str = "cpu") -> None:
         self.conf, self.device = conf, device
         self._matcher: Matcher | None = None
-        self._query: tuple[str, np.ndarray] | None = None
+        self._query: tuple[tuple, np.ndarray, ImageFeatures] | None = None
+        self.db_features = FeatureLRU(int(conf.feature_cache_mb) * 2**20)
 
     def __call__(self, task: tuple[str, str]) -> dict[str, Any]:
         q_path, db_path = task
         if self._matcher is None:
             self._matcher = Matcher(self.conf, self.device)
-        if self._query is None or self._query[0] != q_path:
-            self._query = (q_path, load_rgb(q_path))
-        db_img = load_rgb(db_path)
         t0 = time.time()
-        m = self._matcher.match(self._query[1], db_img)
+        q_key = _file_key(q_path)
+        if self._query is None or self._query[0] != q_key:
+            self._query = None  # the previous query's features are released before the next are computed
+            q_img = load_rgb(q_path)
+            self._query = (q_key, q_img, self._matcher.features(q_img))
+        _, q_img, q_feat = self._query
+        db_key = _file_key(db_path)
+        db_feat = self.db_features.get(db_key)
+        db_img = load_rgb(db_path) if db_feat is None or self.conf.refine else None
+        if db_feat is None:
+            db_feat = self._matcher.features(db_img)
+            self.db_features.put(db_key, db_feat)
+        m = self._matcher.match_features(q_feat, db_feat, q_img, db_img)
         return {"keypoints0": m["keypoints0"].astype(np.float32), "keypoints1": m["keypoints1"].astype(np.float32),
                 "scores": m["scores"].astype(np.float32), "time_s": np.float64(time.time() - t0)}
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    """(path, size, modification time ns): a replaced image file never reuses the features of the old one."""
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 class PoseWorker:

@@ -113,11 +113,25 @@ def match_images_sparse(model, img_a: np.ndarray, img_b: np.ndarray, image_size:
     pixels of the ORIGINAL images (COLMAP convention), sorted by decreasing score.
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    mult = int(model.features.stride) * (1 if relocalization == "none" else 2)
+    mult = sparse_cell_multiple(model, relocalization)
     ta = image_to_tensor(img_a, resized_shape(img_a.shape[0], img_a.shape[1], image_size, mult), device)
     tb = image_to_tensor(img_b, resized_shape(img_b.shape[0], img_b.shape[1], image_size, mult), device)
-    fa, fb = model.features(ta), model.features(tb)
-    m = sparse_match_features(fa, fb, model.neigh_consensus, img_a.shape[:2], img_b.shape[:2], top_k,
+    return match_sparse_head(model, model.features(ta), model.features(tb), img_a.shape[:2], img_b.shape[:2],
+                             top_k, relocalization, max_matches, min_score, pool_mode, combine)
+
+
+def sparse_cell_multiple(model, relocalization: str) -> int:
+    """Image sides for Sparse-NCNet must be multiples of this (feature stride x 2 with relocalization)."""
+    return int(model.features.stride) * (1 if relocalization == "none" else 2)
+
+
+@torch.no_grad()
+def match_sparse_head(model, feat_a: Tensor, feat_b: Tensor, image_hw_a: tuple[int, int],
+                      image_hw_b: tuple[int, int], top_k: int = DEFAULT_TOP_K, relocalization: str = "hard+soft",
+                      max_matches: int | None = None, min_score: float = 0.0, pool_mode: str = "features",
+                      combine: str = DEFAULT_COMBINE) -> dict[str, np.ndarray]:
+    """``match_images_sparse`` from both images' features [1, C, h, w] and original (H, W): numpy matches."""
+    m = sparse_match_features(feat_a, feat_b, model.neigh_consensus, image_hw_a, image_hw_b, top_k,
                               relocalization, pool_mode, combine=combine)
     keep = m["scores"] >= min_score
     out = {"keypoints0": m["keypoints0"][keep].cpu().numpy(), "keypoints1": m["keypoints1"][keep].cpu().numpy(),
@@ -132,6 +146,8 @@ __all__ = [
     "DEFAULT_TOP_K",
     "RELOCALIZATION_MODES",
     "match_images_sparse",
+    "match_sparse_head",
+    "sparse_cell_multiple",
     "sparse_filter",
     "sparse_match_features",
     "sparse_ncnet_features",
