@@ -4,7 +4,9 @@ Examples:
   python benchmarks/bench_ncnet.py                       # 400x400 and 800x600, both configurations, CPU
   python benchmarks/bench_ncnet.py --device cuda         # + CPU/GPU agreement check (fp32 and fp16)
   python benchmarks/bench_ncnet.py --consensus-vs-loop   # consensus stage vs the conv3d-loop formulation
-  python benchmarks/bench_ncnet.py --inloc               # 3200x2400 + relocalization (100x75 pooled), CPU
+  python benchmarks/bench_ncnet.py --inloc               # a query vs 10 database images, 3200x2400 + relocalization:
+                                                         # old path (pairwise, float32) vs new (features once)
+  python benchmarks/bench_ncnet.py --inloc --inloc-size 1600x1200 --db 4 --old-pairs 1   # development run
 Each case runs in a subprocess so its peak RSS (CPU) is its own. Random weights: timings only.
 """
 
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 CONFIGS = {"ivd": ([3, 3], [16, 1]), "pfpascal": ([5, 5, 5], [16, 16, 1])}
+MAX_MATCHES_INLOC = 20000  # the inloc-ncnet preset's max_matches
 
 
 def sync(device: str) -> None:
@@ -202,6 +205,118 @@ def agreement(device: str = "cuda") -> dict:
     return out
 
 
+def textured_images(width: int, height: int, n: int, seed: int = 0) -> list:
+    """n H x W x 3 uint8 views of one smooth random texture (shifted, slightly zoomed crops), RGB."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pad = max(width, height) // 8
+    small = rng.random(((height + 2 * pad) // 8, (width + 2 * pad) // 8)).astype(np.float32)
+    big = cv2.resize(small, (width + 2 * pad, height + 2 * pad), interpolation=cv2.INTER_CUBIC)
+    big = cv2.GaussianBlur(big, (0, 0), 2.0) + 0.15 * rng.random(big.shape).astype(np.float32)
+    big = ((big - big.mean()) / big.std() * 45 + 128).clip(0, 255).astype(np.uint8)
+    out = []
+    for i in range(n):
+        dx, dy = rng.integers(0, pad, 2)
+        zoom = 1.0 + 0.05 * (i % 3)
+        w, h = int(width / zoom), int(height / zoom)
+        crop = big[dy:dy + h, dx:dx + w]
+        out.append(np.repeat(cv2.resize(crop, (width, height))[..., None], 3, 2))
+    return out
+
+
+def inloc_path(path: str, width: int, height: int, n_db: int, pairs: int, precision: str, channels_last: bool,
+               out_npz: str) -> dict:
+    """One InLoc-style query against database images in this process (random official-layout weights).
+
+    path 'old': today's pairwise matching (float32 NCHW backbone, slab correlation, both images' features
+    recomputed for every pair) on the first ``pairs`` pairs; 'new': each image's features once (query once,
+    then each database image), backbone in ``precision`` / channels-last, blocked correlation, all
+    ``n_db`` pairs. Matches of each pair go to ``out_npz``."""
+    import numpy as np
+
+    from matching.features import resolve_precision
+    from matching.match import image_features, match_dense_head, match_images
+    from matching.model import build_ncnet
+
+    size = max(width, height)
+    torch.manual_seed(0)  # the same random backbone in both paths' processes
+    model = build_ncnet(features="resnet101", allow_random_backbone=True, relocalization_k=2, device="cpu")
+    imgs = textured_images(width, height, n_db + 1)
+    query, db = imgs[0], imgs[1:]
+    dtype = resolve_precision(precision) if path == "new" else torch.float32
+    model.features.set_compute(dtype, channels_last and path == "new")
+    model.correlation_method = "blocked" if path == "new" else "slab"
+    matches, backbone_s = {}, 0.0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if path == "old":
+            for i in range(pairs):
+                matches[f"pair{i}"] = match_images(model, query, db[i], size, max_matches=MAX_MATCHES_INLOC)
+        else:
+            tb = time.perf_counter()
+            fq = image_features(model, query, size, model.cell_multiple)
+            backbone_s += time.perf_counter() - tb
+            for i in range(pairs):
+                tb = time.perf_counter()
+                fd = image_features(model, db[i], size, model.cell_multiple)
+                backbone_s += time.perf_counter() - tb
+                matches[f"pair{i}"] = match_dense_head(model, fq, fd, max_matches=MAX_MATCHES_INLOC)
+    total = time.perf_counter() - t0
+    np.savez(out_npz, **{f"{k}/{f}": v for k, m in matches.items() for f, v in m.items()})
+    return {"path": path, "size": f"{width}x{height}", "pairs": pairs, "seconds": total,
+            "seconds_per_pair": total / pairs, "backbone_s": backbone_s if path == "new" else None,
+            "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last and path == "new",
+            "matches_per_pair": float(np.mean([len(m["scores"]) for m in matches.values()])),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "torch_threads": torch.get_num_threads()}
+
+
+def inloc_benchmark(args: argparse.Namespace) -> dict:
+    """Old vs new path on one query (each in its own subprocess: own peak RSS); per-query seconds, ratio,
+    the new path's peak memory and the match agreement on the pairs both ran."""
+    import tempfile
+
+    import numpy as np
+
+    from matching.match import match_agreement
+
+    width, height = (int(v) for v in args.inloc_size.split("x"))
+    old_pairs = min(args.db, args.old_pairs or args.db)
+    with tempfile.TemporaryDirectory() as tmp:
+        common = dict(width=width, height=height, n_db=args.db, precision=args.precision,
+                      channels_last=args.channels_last)
+        new = subprocess_case(args.threads, inloc_path=True, path="new", pairs=args.db,
+                              out_npz=f"{tmp}/new.npz", **common)
+        old = subprocess_case(args.threads, inloc_path=True, path="old", pairs=old_pairs,
+                              out_npz=f"{tmp}/old.npz", **common)
+        if "error" in new or "error" in old:
+            return {"error": new.get("error") or old.get("error")}
+        mo, mn = np.load(f"{tmp}/old.npz"), np.load(f"{tmp}/new.npz")
+
+        def pair(store, i: int) -> dict:
+            return {f: store[f"pair{i}/{f}"] for f in ("keypoints0", "keypoints1", "scores")}
+
+        agree = [match_agreement(pair(mo, i), pair(mn, i)) for i in range(old_pairs)]
+    old_query = old["seconds_per_pair"] * args.db
+    res = {"inloc": True, "size": f"{width}x{height}", "db_images": args.db, "old": old, "new": new,
+           "old_seconds_per_query": old_query, "old_extrapolated_from_pairs": old_pairs if old_pairs < args.db else None,
+           "new_seconds_per_query": new["seconds"], "new_over_old": new["seconds"] / old_query,
+           "new_peak_rss_mb": new["peak_rss_mb"], "agreement_mean": float(np.mean(agree)),
+           "agreement_min": float(np.min(agree)), "agreement_pairs": old_pairs}
+    label = f" (EXTRAPOLATED from {old_pairs} of {args.db} pairs)" if old_pairs < args.db else ""
+    print(f"InLoc-style query, {res['size']}, {args.db} database images, relocalization, "
+          f"{torch.get_num_threads()} threads")
+    print(f"  old path (pairwise, float32, features per pair): {old_query:.1f} s per query{label}")
+    print(f"  new path (features once, {new['dtype']}, channels-last {new['channels_last']}, blocked correlation): "
+          f"{new['seconds']:.1f} s per query (backbone {new['backbone_s']:.1f} s)")
+    print(f"  new / old: {res['new_over_old']:.2f}x; new path peak RSS {new['peak_rss_mb']:.0f} MB; "
+          f"same matches (new vs old float32): mean {res['agreement_mean']:.4f}, min {res['agreement_min']:.4f} "
+          f"over {old_pairs} pairs")
+    return res
+
+
 def subprocess_case(threads: int, **kw: object) -> dict:
     """Run ``run_case`` in a fresh interpreter (its own peak RSS) with ``threads`` torch threads."""
     cmd = [sys.executable, __file__, "--threads", str(threads), "--single", json.dumps(kw)]
@@ -223,7 +338,15 @@ def main() -> int:
     ap.add_argument("--half", action="store_true")
     ap.add_argument("--consensus-vs-loop", action="store_true", help="ours vs conv3d loop vs FLOP bound")
     ap.add_argument("--loop-shape", default="25x25x25x25")
-    ap.add_argument("--inloc", action="store_true", help="3200x2400 resnet101 pair with relocalization")
+    ap.add_argument("--inloc", action="store_true",
+                    help="a query against --db database images, resnet101 + relocalization: old vs new path")
+    ap.add_argument("--inloc-size", default="3200x2400", help="--inloc: image size WxH")
+    ap.add_argument("--db", type=int, default=10, help="--inloc: database images per query")
+    ap.add_argument("--old-pairs", type=int, default=None,
+                    help="--inloc: run the old path on this many pairs only and extrapolate (labelled)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="--inloc: the new path's backbone precision")
+    ap.add_argument("--channels-last", action="store_true", help="--inloc: new path's backbone in channels-last")
     ap.add_argument("--consensus-only", metavar="SHAPE",
                     help="time + peak RSS of the consensus stage alone on a random hAxwAxhBxwB tensor "
                          "(e.g. 100x75x100x75: a 3200x2400 pair pooled by relocalization), in a subprocess")
@@ -235,8 +358,15 @@ def main() -> int:
     if args.single:
         kw = json.loads(args.single)
         fn = consensus_only if kw.pop("consensus_only", False) else run_case
+        fn = inloc_path if kw.pop("inloc_path", False) else fn
         print(json.dumps(fn(**kw)))
         return 0
+    if args.inloc:
+        res = inloc_benchmark(args)
+        print(json.dumps(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return 0 if "error" not in res else 1
     if args.consensus_only:
         shape = [int(v) for v in args.consensus_only.split("x")]
         for config in args.configs:
@@ -263,21 +393,18 @@ def main() -> int:
                   f"({r['auto_vs_flop_limited']:.2f}x of it)", flush=True)
             results.append(r)
     cases = []
-    if args.inloc:
-        cases.append(dict(features="resnet101", config="ivd", width=3200, height=2400, reloc=True))
-    else:
-        for feat in args.features:
-            for config in args.configs:
-                if feat == "dense-rootsift" and config == "pfpascal":
-                    continue  # 16->16 k=5 layer on 128-px-stride-8 grids: > 5 GB per hA row, out of scope
-                for size in args.sizes:
-                    w, h = (int(v) for v in size.split("x"))
-                    cases.append(dict(features=feat, config=config, width=w, height=h, reloc=False))
+    for feat in args.features:
+        for config in args.configs:
+            if feat == "dense-rootsift" and config == "pfpascal":
+                continue  # 16->16 k=5 layer on 128-px-stride-8 grids: > 5 GB per hA row, out of scope
+            for size in args.sizes:
+                w, h = (int(v) for v in size.split("x"))
+                cases.append(dict(features=feat, config=config, width=w, height=h, reloc=False))
     print("| features | config | size | corr | backbone s | corr+mutual s | consensus s | pairs/s | "
           "consensus GFLOP/s | peak RSS MB | peak GPU MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case in cases:
-        r = subprocess_case(args.threads, device=args.device, half=args.half, repeat=1 if args.inloc else args.repeat, **case)
+        r = subprocess_case(args.threads, device=args.device, half=args.half, repeat=args.repeat, **case)
         results.append(r)
         if "error" in r:
             print(f"| {case} | error: {r['error'][-300:]} |")

@@ -66,7 +66,7 @@ class MatchConfig:
     half: bool = False
     consensus: bool = True
     precision: str = "auto"
-    channels_last: bool = True
+    channels_last: bool = False
     feature_cache_mb: int = DEFAULT_FEATURE_CACHE_MB
 
     def __post_init__(self) -> None:

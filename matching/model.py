@@ -34,7 +34,8 @@ class NCNetOutput:
 
 class NCNet(nn.Module):
     """NCNet. ``features``: an extractor (see ``matching.features``); ``neigh_consensus``: a NeighConsensus
-    or None (correlation + mutual NN only); ``relocalization_k`` > 1 max-pools the correlation by k^4."""
+    or None (correlation + mutual NN only); ``relocalization_k`` > 1 max-pools the correlation by k^4
+    (``correlation_method``: see ``matching.correlation.correlation_4d_maxpool``)."""
 
     def __init__(self, features: nn.Module, neigh_consensus: NeighConsensus | None,
                  relocalization_k: int = 1) -> None:
@@ -42,6 +43,7 @@ class NCNet(nn.Module):
         self.features = features
         self.neigh_consensus = neigh_consensus
         self.relocalization_k = int(relocalization_k)
+        self.correlation_method = "blocked"
 
     @property
     def cell_multiple(self) -> int:
@@ -56,9 +58,9 @@ class NCNet(nn.Module):
         return corr
 
     def correlate(self, feat_a: Tensor, feat_b: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Features -> (correlation, argmax codes or None); pooled by k^4 in chunks when k > 1."""
+        """Features -> (correlation, argmax codes or None); pooled by k^4 in blocks when k > 1."""
         if self.relocalization_k > 1:
-            return correlation_4d_maxpool(feat_a, feat_b, self.relocalization_k)
+            return correlation_4d_maxpool(feat_a, feat_b, self.relocalization_k, method=self.correlation_method)
         return correlation_4d(feat_a, feat_b), None
 
     def head(self, feat_a: Tensor, feat_b: Tensor) -> NCNetOutput:
