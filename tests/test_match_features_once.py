@@ -64,16 +64,17 @@ def test_features_once_equal_pairwise(options: dict) -> None:
 
 
 def test_match_worker_reuses_features(tmp_path) -> None:
-    """Tasks grouped per query: one backbone pass per query and per database image (LRU across queries);
-    the results are the pairwise ones; a zero-MiB cache recomputes database features."""
+    """Tasks grouped per query: one backbone pass per query and per database image (LRU across queries,
+    with refinement: the database image is still read); the results are the pairwise ones; a zero-MiB
+    cache recomputes database features."""
     imgs = textures(4)
     paths = []
     for i, img in enumerate(imgs):
         paths.append(str(tmp_path / f"{i}.png"))
         cv2.imwrite(paths[-1], img[..., ::-1])
     tasks = [(paths[0], paths[2]), (paths[0], paths[3]), (paths[1], paths[2]), (paths[1], paths[3])]
-    for cache_mb, want_calls in [(16, 4), (0, 6)]:
-        conf = MatchConfig(image_size=160, relocalize=True, feature_cache_mb=cache_mb)
+    for cache_mb, want_calls, refine in [(16, 4, True), (0, 6, False)]:
+        conf = MatchConfig(image_size=160, relocalize=True, feature_cache_mb=cache_mb, refine=refine)
         worker = MatchWorker(conf)
         calls = []
         worker(tasks[0])
@@ -86,6 +87,7 @@ def test_match_worker_reuses_features(tmp_path) -> None:
         for (qa, db), res in zip(tasks, results):
             ref = worker._matcher.match(cv2.imread(qa)[..., ::-1].copy(), cv2.imread(db)[..., ::-1].copy())
             assert np.array_equal(res["keypoints0"], ref["keypoints0"].astype(np.float32))
+            assert np.array_equal(res["keypoints1"], ref["keypoints1"].astype(np.float32))
             assert np.array_equal(res["scores"], ref["scores"].astype(np.float32))
 
 
