@@ -25,6 +25,7 @@ from matching.extract import extract_matches
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
+from matching.pyramid import configurations, match_pyramid
 from matching.refine import RefineConfig, refine_with
 from matching.sparse.match import DEFAULT_TOP_K, RELOCALIZATION_MODES, match_images_sparse
 
@@ -43,7 +44,9 @@ class MatchConfig:
     relocalization (sparse: mode ``reloc_mode``); sparse: Sparse-NCNet with ``top_k`` matches per cell both
     ways; refine: sub-cell NCC refinement with ``refine_options`` (common scale, radius in matching cells);
     max_matches: keep the best N (None = all); half: float16 consensus (CUDA); consensus: False =
-    correlation + mutual NN only.
+    correlation + mutual NN only; scales / rotations: match B at each of these relative sizes and quarter
+    turns, per cell of A the best (``matching.pyramid``; (1.0,) / (0,) = off); prescreen: only the identity and
+    this many other configurations, those with the strongest raw mutual neighbours, through consensus (0 = all).
     """
 
     weights: str | None = None
@@ -59,6 +62,9 @@ class MatchConfig:
     max_matches: int | None = None
     half: bool = False
     consensus: bool = True
+    scales: tuple[float, ...] = (1.0,)
+    rotations: tuple[int, ...] = (0,)
+    prescreen: int = 0
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -69,6 +75,11 @@ class MatchConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.max_matches is not None and int(self.max_matches) < 0:
             raise ValueError(f"max_matches must be >= 0 or None, got {self.max_matches}")
+        configurations(self.scales, self.rotations)  # ValueError on bad scales
+        if int(self.prescreen) < 0:
+            raise ValueError(f"prescreen must be >= 0, got {self.prescreen}")
+        if self.sparse and (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,)):
+            raise ValueError("scales / rotations (matching.pyramid) need dense matching, not sparse")
 
 
 class Matcher:
@@ -87,6 +98,10 @@ class Matcher:
         """
         c, model = self.conf, self.model
         size = int(c.image_size)
+        if (tuple(c.scales), tuple(c.rotations)) != ((1.0,), (0,)):
+            return match_pyramid(model, img_a, img_b, size, c.scales, c.rotations, refine=bool(c.refine),
+                                 refine_options=c.refine_options, max_matches=c.max_matches,
+                                 prescreen=int(c.prescreen))
         if not c.sparse:
             return match_images(model, img_a, img_b, image_size=size, refine=bool(c.refine),
                                 max_matches=c.max_matches, refine_options=c.refine_options)
