@@ -1,13 +1,15 @@
-"""Test-time scale (and rotation) robustness: match A against a small pyramid of scales of image B.
+"""Test-time scale (and rotation) robustness: match A against a small pyramid of relative scales of image B.
 
 Dense RootSIFT on a fixed grid is not scale invariant: when B shows the scene 1.5-2x larger or smaller than A
-the cells no longer cover the same part of the scene and few matches are correct. ``match_pyramid`` keeps A at
-the usual matching size and runs the whole NCNet (correlation -> consensus -> extraction) once per
-configuration of B: B resized to ``scale`` x the matching size (longer side) and optionally turned by quarter
-turns. For each cell of A the configuration whose best match of that cell scores highest wins, and the
-matches of that cell from the winning configuration are kept (so with one configuration the result is exactly
-``matching.match.match_images``). Keypoints are mapped back to B's original pixels (COLMAP convention, top-left
-pixel centre at (0.5, 0.5)). Refinement runs per configuration, each at its own cell size of B.
+the cells no longer cover the same part of the scene and few matches are correct. ``match_pyramid`` runs the
+whole NCNet (correlation -> consensus -> extraction) once per configuration: a relative scale s of B (B
+resized to s x the matching size when s >= 1, A to 1/s x it otherwise: an image is only ever enlarged, so no
+configuration loses cells) and optionally a number of quarter turns of B. For each cell of A's grid at the
+matching size the configuration whose best match of that cell scores highest wins, and that configuration's
+matches of the cell are kept (so with one configuration the result is exactly ``matching.match.match_images``).
+A prescreen can send only the identity and the best few other configurations (raw mutual-nearest-neighbour
+strength, before consensus) through consensus. Keypoints are mapped back to the original pixels of A and B
+(COLMAP convention, top-left pixel centre at (0.5, 0.5)); refinement runs per configuration at its own cells.
 """
 
 from __future__ import annotations
