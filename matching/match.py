@@ -27,6 +27,7 @@ from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, reso
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
+from matching.pyramid import configurations, match_pyramid
 from matching.refine import RefineConfig, refine_with
 from matching.sparse.match import DEFAULT_TOP_K, RELOCALIZATION_MODES, match_sparse_head, sparse_cell_multiple
 
@@ -49,7 +50,11 @@ class MatchConfig:
     correlation + mutual NN only; precision: the resnet101 backbone's compute dtype ('auto', 'float32',
     'bfloat16'; ``matching.features.resolve_precision``); channels_last: resnet101 convolutions in
     channels-last memory format; feature_cache_mb: in-memory database features kept by the pipeline's
-    matching worker across queries (MiB, least recently used dropped first; 0 = none).
+    matching worker across queries (MiB, least recently used dropped first; 0 = none); scales / rotations: match B
+    at each of these relative sizes and quarter turns, per cell of A the best (``matching.pyramid``; (1.0,) / (0,) =
+    off); prescreen: only the identity and this many other configurations, those with the strongest raw mutual
+    neighbours, through consensus (0 = all).
+
     """
 
     weights: str | None = None
@@ -68,6 +73,9 @@ class MatchConfig:
     precision: str = "auto"
     channels_last: bool = False
     feature_cache_mb: int = DEFAULT_FEATURE_CACHE_MB
+    scales: tuple[float, ...] = (1.0,)
+    rotations: tuple[int, ...] = (0,)
+    prescreen: int = 0
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -82,6 +90,11 @@ class MatchConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if int(self.feature_cache_mb) < 0:
             raise ValueError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        configurations(self.scales, self.rotations)  # ValueError on bad scales
+        if int(self.prescreen) < 0:
+            raise ValueError(f"prescreen must be >= 0, got {self.prescreen}")
+        if self.sparse and (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,)):
+            raise ValueError("scales / rotations (matching.pyramid) need dense matching, not sparse")
 
 
 class Matcher:
@@ -96,6 +109,11 @@ class Matcher:
         self.dtype = resolve_precision(conf.precision, device)
         if isinstance(self.model.features, ResNet101Features):
             self.model.features.set_compute(self.dtype, bool(conf.channels_last))
+
+    @property
+    def pyramid(self) -> bool:
+        """True when B is matched across several scales or turns (``matching.pyramid``: no per-image features)."""
+        return (tuple(self.conf.scales), tuple(self.conf.rotations)) != ((1.0,), (0,))
 
     @property
     def cell_multiple(self) -> int:
@@ -132,6 +150,11 @@ class Matcher:
 
         Refinement (dense and sparse): ``matching.refine.refine_with`` at the two images' common scale.
         """
+        c = self.conf
+        if self.pyramid:
+            return match_pyramid(self.model, img_a, img_b, int(c.image_size), c.scales, c.rotations,
+                                 refine=bool(c.refine), refine_options=c.refine_options, max_matches=c.max_matches,
+                                 prescreen=int(c.prescreen))
         return self.match_features(self.features(img_a), self.features(img_b), img_a, img_b)
 
     __call__ = match

@@ -49,6 +49,9 @@ class MatchWorker:
         if self._matcher is None:
             self._matcher = Matcher(self.conf, self.device)
         t0 = time.time()
+        if self._matcher.pyramid:  # one network pass per scale of the pair: nothing per image to keep
+            m = self._matcher.match(load_rgb(q_path), load_rgb(db_path))
+            return _match_record(m, time.time() - t0)
         q_key = _file_key(q_path)
         if self._query is None or self._query[0] != q_key:
             self._query = None  # the previous query's features are released before the next are computed
@@ -62,8 +65,13 @@ class MatchWorker:
             db_feat = self._matcher.features(db_img)
             self.db_features.put(db_key, db_feat)
         m = self._matcher.match_features(q_feat, db_feat, q_img, db_img)
-        return {"keypoints0": m["keypoints0"].astype(np.float32), "keypoints1": m["keypoints1"].astype(np.float32),
-                "scores": m["scores"].astype(np.float32), "time_s": np.float64(time.time() - t0)}
+        return _match_record(m, time.time() - t0)
+
+
+def _match_record(m: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
+    """A pair's matches as the matching cache stores them (float32 pixels and scores, seconds)."""
+    return {"keypoints0": m["keypoints0"].astype(np.float32), "keypoints1": m["keypoints1"].astype(np.float32),
+            "scores": m["scores"].astype(np.float32), "time_s": np.float64(seconds)}
 
 
 def _file_key(path: str) -> tuple[str, int, int]:
