@@ -61,5 +61,6 @@ class RunContext:
     executor: Executor
     logs: dict[str, QueryLog]
     fps: dict[str, str] = field(default_factory=dict)  # memo of input fingerprints (see stages.query_fp/db_fp)
+    scale_searched: set[str] = field(default_factory=set)  # queries matched across scales (stages.match)
     pairs: dict[str, list[tuple[str, float]]] | None = None  # external shortlists (project names): no retrieval
     pairs_id: str | None = None  # identity of the external pairs (file fingerprint, name style) for the cache key

@@ -36,8 +36,25 @@ class ShortlistConfig:
 
 
 @dataclass(frozen=True)
+class ScaleSearchConfig:
+    """Scale search for hard queries: a query whose best verified database image has fewer than
+    ``below_inliers`` verification inliers has its pairs matched at these relative scales
+    (``matching.pyramid``); the others keep the single-scale matcher. Needs the verify stage."""
+
+    scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
+    below_inliers: int = 60
+
+    def __post_init__(self) -> None:
+        if len(self.scales) < 2 or any(float(s) <= 0 for s in self.scales):
+            raise ConfigError(f"scale_search.scales must be >= 2 positive relative sizes, got {self.scales}")
+        if self.below_inliers < 1:
+            raise ConfigError(f"scale_search.below_inliers must be >= 1, got {self.below_inliers}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
-    """Every stage's configuration; ``num_pairs`` = re-ranked shortlist images matched per query."""
+    """Every stage's configuration; ``num_pairs`` = re-ranked shortlist images matched per query;
+    ``scale_search``: hard queries matched across scales (None = never)."""
 
     retrieval: ShortlistConfig = field(default_factory=ShortlistConfig)
     verify: VerifyConfig | None = field(default_factory=VerifyConfig)
@@ -45,6 +62,7 @@ class PipelineConfig:
     num_pairs: int = 5
     pose: CandidatesConfig = field(default_factory=CandidatesConfig)
     densepv: DensePVConfig | None = field(default_factory=DensePVConfig)
+    scale_search: ScaleSearchConfig | None = None
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
@@ -75,6 +93,7 @@ CONFS: dict[str, dict[str, Any]] = {
         "num_pairs": 5,
         "pose": {"top_n": 10, "order_by": "matches", "pooled": True, "min_match_score": 0.0, "pnp": _PNP_CPU},
         "densepv": {"target_size": 320, "whole_scan": False},
+        "scale_search": {"scales": (0.7071, 1.0, 1.4142), "below_inliers": 60},
     },
     # smaller images, fewer pairs, no DensePV
     "fast": {

@@ -10,6 +10,7 @@ recomputes exactly the entries that depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -81,15 +82,17 @@ def _ranked_fp(ctx: RunContext, q: Query, names: Sequence[str]) -> str:
 
 
 def _pair_fp(ctx: RunContext, q: Query, db: str) -> str:
-    """Fingerprint of one matched pair: the two images' contents."""
-    return fingerprint(content_fingerprint(q.path), db_image_fp(ctx, db))
+    """Fingerprint of one matched pair: the two images' contents (and the scales when the query is searched across scales)."""
+    fp = fingerprint(content_fingerprint(q.path), db_image_fp(ctx, db))
+    return fingerprint(fp, list(ctx.conf.scale_search.scales)) if q.name in ctx.scale_searched else fp
 
 
 def _pose_fp(ctx: RunContext, shortlists: Shortlists, q: Query) -> str:
     """Fingerprint of a query's pose candidates (and DensePV scores): query and matched records.
 
     Remembered in ``ctx.fps`` for the stages after (``_known_pose_fp``)."""
-    ctx.fps[f"pose:{q.name}"] = _ranked_fp(ctx, q, _matched_names(ctx, shortlists, q))
+    ctx.fps[f"pose:{q.name}"] = fingerprint(_ranked_fp(ctx, q, _matched_names(ctx, shortlists, q)),
+                                            q.name in ctx.scale_searched)
     return ctx.fps[f"pose:{q.name}"]
 
 
@@ -185,14 +188,29 @@ def _matched_names(ctx: RunContext, shortlists: Shortlists, q: Query) -> list[st
     return [n for n, _ in shortlists.get(q.name, [])[:ctx.conf.pairs_per_query]]
 
 
+def scale_searched_queries(ctx: RunContext, shortlists: Shortlists) -> set[str]:
+    """Queries matched across scales: verified, with fewer than ``scale_search.below_inliers`` inliers at best."""
+    gate = ctx.conf.scale_search
+    if gate is None or ctx.conf.verify is None:
+        return set()
+    return {q.name for q in ctx.queries if ctx.logs[q.name].verified and q.name in shortlists
+            and ctx.logs[q.name].verified[0][1] < gate.below_inliers}
+
+
 def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
     """3. NCNet matches between each query and its first shortlisted images, cached per pair.
 
-    Tasks go to the workers grouped per query, so each keeps the query's features across its shortlist."""
+    Tasks go to the workers grouped per query, so each keeps the query's features across its shortlist;
+    the pairs of scale-searched queries (``scale_searched_queries``) go to a matcher with ``scale_search.scales``."""
     conf = ctx.conf.matching
     key = {**to_dict(conf), "weights_sha1": _weights_key(conf.weights), "dataset": ctx.dataset_id}
     del key["feature_cache_mb"]  # memory reuse only: the matches do not depend on it
     cache = StageCache(ctx.export_dir, "matches", key)
+    ctx.scale_searched = scale_searched_queries(ctx, shortlists)
+    if ctx.scale_searched:
+        logger.info("matching: %d of %d queries searched across scales %s (best verified inliers < %d)",
+                    len(ctx.scale_searched), len(ctx.queries), list(ctx.conf.scale_search.scales),
+                    ctx.conf.scale_search.below_inliers)
     tasks = []
     for q in ctx.queries:
         for db in _matched_names(ctx, shortlists, q):
@@ -203,13 +221,16 @@ def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
                 continue
             tasks.append((q, db))
     resources = {"num_gpus": 1} if ctx.device.startswith("cuda") else {}
-    paths = [(str(q.path), str(ctx.database[db].image_path)) for q, db in tasks]
-    for i, res in ctx.executor.run(MatchWorker, (conf, ctx.device), paths, "matching", resources):
-        q, db = tasks[i]
-        if isinstance(res, Exception):
-            ctx.logs[q.name].fail("matching", f"{q.name} vs {db}: {res}")
-            continue
-        cache.put(f"{q.name}/{db}", res, _pair_fp(ctx, q, db))
+    searched = dataclasses.replace(conf, scales=ctx.conf.scale_search.scales) if ctx.scale_searched else conf
+    for mconf, across_scales in ((conf, False), (searched, True)):
+        group = [(q, db) for q, db in tasks if (q.name in ctx.scale_searched) == across_scales]
+        paths = [(str(q.path), str(ctx.database[db].image_path)) for q, db in group]
+        for i, res in ctx.executor.run(MatchWorker, (mconf, ctx.device), paths, "matching", resources):
+            q, db = group[i]
+            if isinstance(res, Exception):
+                ctx.logs[q.name].fail("matching", f"{q.name} vs {db}: {res}")
+                continue
+            cache.put(f"{q.name}/{db}", res, _pair_fp(ctx, q, db))
     cache.finalize()
     for q in ctx.queries:
         if q.name in shortlists:
