@@ -1,13 +1,17 @@
-"""Shared test fixtures: the read-only shared data, one tiny synthetic building per session, small-thread torch."""
+"""Shared test fixtures: the read-only shared data, one tiny synthetic building and one pipeline run on it per
+session (its caches seed other runs), small-thread torch."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from datasets.synthetic import ensure_dataset
+from localize import run as runmod
 from localize.pipeline.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +64,37 @@ def tiny_pipeline_conf(image_size: int = 256) -> dict:
     conf["matching"]["image_size"] = image_size
     conf["pose"]["top_n"] = 3
     return conf
+
+
+class TinyRun(NamedTuple):
+    """A finished pipeline run: its export folder (read-only: copy it to change it) and its summary."""
+
+    out: Path
+    summary: runmod.RunSummary
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_building, tmp_path_factory) -> TinyRun:
+    """One pipeline run on the whole tiny building (``tiny_pipeline_conf(256)``, hloc names, an hloc export in
+    ``hloc/``), shared by the tests that read a run's outputs, its caches and its hloc files."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    summary = runmod.main(tiny_pipeline_conf(256), tiny_building / "queries" / "images", tiny_building / "db", out,
+                          "rgbd", tiny_building / "queries" / "queries_with_intrinsics.txt", name_style="hloc",
+                          export_hloc=out / "hloc")
+    return TinyRun(out, summary)
+
+
+# the weight-free retrieval's vocabulary and global descriptors: keyed by configuration and image contents only
+RETRIEVAL_CACHES = ("retrieval-vocabulary-*.h5", "global-descriptors-*.h5")
+
+
+def copy_caches(run: Path, out: Path, patterns: tuple[str, ...] = RETRIEVAL_CACHES) -> Path:
+    """Copy a finished run's cache files matching ``patterns`` into export folder ``out`` (created); returns ``out``.
+
+    With the default patterns a later run on the tiny building's images skips fitting the retrieval vocabulary
+    and describing the database (the tiny run computed them; retrieval tests compute them fresh)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in patterns:
+        for f in run.glob(pattern):
+            shutil.copy(f, out / f.name)
+    return out

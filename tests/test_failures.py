@@ -10,12 +10,14 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import copy_caches
 from PIL import Image
 
 from datasets.database import load_database
@@ -43,9 +45,19 @@ def _queries(tiny: Path, tmp: Path, names=GOOD) -> tuple[Path, Path, dict[str, C
     return qdir, tmp / "list.txt", cams
 
 
-def _cli(qdir: Path, db: Path, qlist: Path, out: Path, *extra: str) -> int:
-    return runmod.cli(["--query-dir", str(qdir), "--db", str(db), "--queries-list", str(qlist), "--export-dir",
-                       str(out), "--conf", "fast", "--top-k", "3", *extra])
+@pytest.fixture
+def cli(tiny_run) -> Callable[..., int]:
+    """``localize.run`` on the command line with the fast preset, top-3; a new export folder starts with the
+    session run's retrieval vocabulary (the faults under test are elsewhere; it is refitted when the database
+    images differ)."""
+
+    def run(qdir: Path, db: Path, qlist: Path, out: Path, *extra: str) -> int:
+        if not out.exists():
+            copy_caches(tiny_run.out, out)
+        return runmod.cli(["--query-dir", str(qdir), "--db", str(db), "--queries-list", str(qlist), "--export-dir",
+                           str(out), "--conf", "fast", "--top-k", "3", *extra])
+
+    return run
 
 
 def _logs(out: Path) -> dict[str, dict]:
@@ -57,7 +69,7 @@ def _errors(out: Path, name: str) -> str:
 
 
 # 1. data loss -------------------------------------------------------------------------------------------
-def test_outputs_never_overwrite_inputs(tiny_building, tmp_path, capsys):
+def test_outputs_never_overwrite_inputs(cli, tiny_building, tmp_path, capsys):
     user = tmp_path / "mine"
     (user / "db").mkdir(parents=True)
     (user / "db" / "thesis.txt").write_text("precious")
@@ -68,47 +80,48 @@ def test_outputs_never_overwrite_inputs(tiny_building, tmp_path, capsys):
     shutil.copytree(tiny_building / "db", db)
     before = (db / "poses.txt").read_bytes()
     qdir, qlist, _ = _queries(tiny_building, tmp_path, GOOD[:1])
-    assert _cli(qdir, db, qlist, db) == 2
+    assert cli(qdir, db, qlist, db) == 2
     assert "input folder" in capsys.readouterr().err
     assert (db / "poses.txt").read_bytes() == before
 
 
 # 2. stale cache -----------------------------------------------------------------------------------------
-def test_changed_database_poses_recompute(tiny_building, tmp_path):
+def test_changed_database_poses_recompute(cli, tiny_building, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(tiny_building / "db", db)
     qdir, qlist, _ = _queries(tiny_building, tmp_path, GOOD[:1])
     out = tmp_path / "out"
-    assert _cli(qdir, db, qlist, out) == 0
+    assert cli(qdir, db, qlist, out) == 0
     first = read_poses(out / "poses.txt")[GOOD[0]].pose
     # the whole database moved by d in the world: the query's camera centre moves by d too
     d = np.array([1.0, -0.5, 0.25])
     moved = {n: Pose(e.pose.R, e.pose.t - e.pose.R @ d) for n, e in read_poses(db / "poses.txt").items()}
     write_poses(db / "poses.txt", moved)
-    assert _cli(qdir, db, qlist, out) == 0
+    assert cli(qdir, db, qlist, out) == 0
     second = read_poses(out / "poses.txt")[GOOD[0]].pose
     assert np.linalg.norm(second.center - first.center - d) < 0.05, (first.center, second.center)
 
 
 # 3. concurrent runs -------------------------------------------------------------------------------------
-def test_second_run_into_a_busy_export_folder_exits_2(tiny_building, tmp_path, capsys):
+def test_second_run_into_a_busy_export_folder_exits_2(cli, tiny_building, tiny_run, tmp_path, capsys):
     qdir, qlist, _ = _queries(tiny_building, tmp_path, GOOD[:1])
     out = tmp_path / "out"
     out.mkdir()
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # another run holds the folder
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        rc = _cli(qdir, tiny_building / "db", qlist, out)
+        rc = cli(qdir, tiny_building / "db", qlist, out)
     finally:
         os.close(fd)
     assert rc == 2
     assert "in use by another run" in capsys.readouterr().err
     assert not (out / "poses.txt").exists() and not list(out.glob("*.h5"))
-    assert _cli(qdir, tiny_building / "db", qlist, out) == 0  # released: the next run goes
+    copy_caches(tiny_run.out, out)
+    assert cli(qdir, tiny_building / "db", qlist, out) == 0  # released: the next run goes
 
 
 # 4. inconsistent inputs ---------------------------------------------------------------------------------
-def test_inconsistent_inputs_are_refused_or_corrected(tiny_building, tmp_path):
+def test_inconsistent_inputs_are_refused_or_corrected(cli, tiny_building, tmp_path):
     qdir, qlist, cams = _queries(tiny_building, tmp_path, ("query_0001.jpg", "query_0002.jpg", "query_0004.jpg"))
     # a phone photo: stored rotated with EXIF orientation 6, its camera given for the stored image
     rgb = cv2.cvtColor(cv2.imread(str(tiny_building / "queries" / "images" / GOOD[0])), cv2.COLOR_BGR2RGB)
@@ -126,7 +139,7 @@ def test_inconsistent_inputs_are_refused_or_corrected(tiny_building, tmp_path):
     text = text.replace("query_0004.jpg SIMPLE_PINHOLE 256 192", "query_0004.jpg SIMPLE_PINHOLE 256 256")
     qlist.write_text(text)
     out = tmp_path / "out"
-    assert _cli(qdir, tiny_building / "db", qlist, out) == 0
+    assert cli(qdir, tiny_building / "db", qlist, out) == 0
     assert "listed twice (lines 1 and 5)" in _errors(out, "query_0001.jpg")
     assert "focal length must be > 0" in _errors(out, "query_0002.jpg")
     assert "aspect ratio" in _errors(out, "query_0004.jpg")
@@ -145,31 +158,47 @@ def test_inconsistent_inputs_are_refused_or_corrected(tiny_building, tmp_path):
         load_database(db, "rgbd")
 
 
-# 5. one empty file --------------------------------------------------------------------------------------
-def test_empty_files_and_bad_list_lines_are_skipped(tiny_building, tmp_path):
+# 5. one empty file (and the other bad inputs of a run: a truncated image, a query without intrinsics, database
+#    images without depth; one run for all) ----------------------------------------------------------------
+def test_empty_files_and_bad_list_lines_are_skipped(cli, tiny_building, tmp_path):
     qdir, qlist, cams = _queries(tiny_building, tmp_path, GOOD)
     (qdir / "empty.jpg").write_bytes(b"")
     shutil.copy(qdir / GOOD[0], qdir / "badline.jpg")
-    qlist.write_text(qlist.read_text() + f"empty.jpg {cams[GOOD[0]].to_line()}\nbadline.jpg PINHOLE 256\n")
+    truncated, unlisted = "query_0001.jpg", "query_0002.jpg"
+    data = (tiny_building / "queries" / "images" / truncated).read_bytes()
+    (qdir / truncated).write_bytes(data[: len(data) // 10])
+    shutil.copy(tiny_building / "queries" / "images" / unlisted, qdir / unlisted)  # not in the intrinsics list
+    qlist.write_text(qlist.read_text() + f"empty.jpg {cams[GOOD[0]].to_line()}\nbadline.jpg PINHOLE 256\n"
+                     + f"{truncated} {cams[truncated].to_line()}\n")
     db = tmp_path / "db"
     shutil.copytree(tiny_building / "db", db)
     victim = sorted((db / "images").rglob("*.*"))[0]
     victim.write_bytes(b"")
+    # two other database images: one depth map missing, one all zero (no valid depth)
+    depth_files = [d for d in sorted((db / "depth").rglob("*.png")) if d.stem != victim.stem]
+    depth_files[0].unlink()
+    cv2.imwrite(str(depth_files[1]), np.zeros((8, 8), np.uint16))
     out = tmp_path / "out"
-    assert _cli(qdir, db, qlist, out) == 0
+    assert cli(qdir, db, qlist, out) == 0
     assert "empty" in _errors(out, "empty.jpg")
     assert "line 4" in _errors(out, "badline.jpg")
+    logs = _logs(out)
+    assert logs[truncated]["status"] == "failed" and truncated in _errors(out, truncated)
+    assert logs[unlisted]["status"] == "failed" and "intrinsics" in _errors(out, unlisted)
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     skipped = [x for x in lines if x.get("status") == "skipped"]
-    assert len(skipped) == 1 and "empty" in skipped[0]["errors"][0]
-    assert set(read_poses(out / "poses.txt")) == set(GOOD)
+    reasons = sorted(x["errors"][0].rsplit(": ", 1)[-1] for x in skipped)  # the path names "empty" too
+    assert len(reasons) == 3 and reasons[2].startswith("image ") and reasons[2].endswith("is an empty file"), reasons
+    assert reasons[0].startswith("depth file ") and reasons[0].endswith("is missing"), reasons
+    assert reasons[1].startswith("depth map "), reasons  # all zero: written 8 x 8, not the image's size
+    assert set(read_poses(out / "poses.txt")) == set(GOOD)  # the others still localize
 
 
 # 6. damaged cache files ---------------------------------------------------------------------------------
-def test_damaged_cache_files_are_moved_aside_and_recomputed(tiny_building, tmp_path):
+def test_damaged_cache_files_are_moved_aside_and_recomputed(cli, tiny_building, tmp_path):
     qdir, qlist, _ = _queries(tiny_building, tmp_path, GOOD[:1])
     out = tmp_path / "out"
-    assert _cli(qdir, tiny_building / "db", qlist, out) == 0
+    assert cli(qdir, tiny_building / "db", qlist, out) == 0
     reference = (out / "poses.txt").read_text()
     matches = next(out.glob("matches-*.h5"))
     matches.write_bytes(matches.read_bytes()[:1000])  # truncated
@@ -178,20 +207,20 @@ def test_damaged_cache_files_are_moved_aside_and_recomputed(tiny_building, tmp_p
     parts.mkdir()
     (parts / ("0" * 40 + ".h5")).write_bytes(b"")  # a zero-byte part (power cut before flush)
     pose_file.unlink()
-    assert _cli(qdir, tiny_building / "db", qlist, out) == 0
+    assert cli(qdir, tiny_building / "db", qlist, out) == 0
     assert (out / "poses.txt").read_text() == reference
     assert list(out.glob("matches-*.h5.corrupt-*"))
 
 
 # 7. names the poses file must quote ---------------------------------------------------------------------
-def test_query_name_with_spaces_round_trips_to_the_evaluator(tiny_building, tmp_path, capsys):
+def test_query_name_with_spaces_round_trips_to_the_evaluator(cli, tiny_building, tmp_path, capsys):
     qdir, qlist, cams = _queries(tiny_building, tmp_path, ())
     shutil.copy(tiny_building / "queries" / "images" / GOOD[0], qdir / "my query.jpg")
     qlist.write_text(f"'my query.jpg' {cams[GOOD[0]].to_line()}\n")
     gt = tmp_path / "gt.txt"
     gt.write_text((tiny_building / "queries" / "poses_gt.txt").read_text().replace(GOOD[0], "'my query.jpg'"))
     out = tmp_path / "out"
-    assert _cli(qdir, tiny_building / "db", qlist, out) == 0
+    assert cli(qdir, tiny_building / "db", qlist, out) == 0
     assert evaluate_inloc.cli(["--gt", str(gt), "--gt-format", "poses", "--poses", str(out / "poses.txt"),
                                "--json", str(tmp_path / "r.json")]) == 0
     assert "my query.jpg" in read_poses(out / "poses.txt")
@@ -204,14 +233,14 @@ class _Evil:
         return (print, ("executed",))
 
 
-def test_resource_limits_and_argument_checks(tiny_building, tmp_path, capsys, monkeypatch):
+def test_resource_limits_and_argument_checks(cli, tiny_building, tmp_path, capsys, monkeypatch):
     qdir, qlist, cams = _queries(tiny_building, tmp_path, GOOD[:1])
     big = np.zeros((600, 800, 3), np.uint8)  # 0.48 Mpx, over a 0.2 Mpx limit
     cv2.imwrite(str(qdir / "big.png"), big)
     qlist.write_text(qlist.read_text() + f"big.png {cams[GOOD[0]].scaled(800, 600).to_line()}\n")
     monkeypatch.setenv("NCLOC_MAX_MEGAPIXELS", "0.2")
     out = tmp_path / "out"
-    assert _cli(qdir, tiny_building / "db", qlist, out) == 0
+    assert cli(qdir, tiny_building / "db", qlist, out) == 0
     assert "over the limit" in _errors(out, "big.png")
     assert GOOD[0] in read_poses(out / "poses.txt")
     capsys.readouterr()
@@ -228,7 +257,7 @@ def test_resource_limits_and_argument_checks(tiny_building, tmp_path, capsys, mo
     # a refused checkpoint: one line naming the file and the class, exit 2, never executed
     evil = tmp_path / "evil.pth.tar"
     torch.save({"state_dict": _Evil()}, evil)
-    assert _cli(qdir, tiny_building / "db", qlist, tmp_path / "out2", "--ncnet-weights", str(evil)) == 2
+    assert cli(qdir, tiny_building / "db", qlist, tmp_path / "out2", "--ncnet-weights", str(evil)) == 2
     cap = capsys.readouterr()
     err = [line for line in cap.err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and str(evil) in err[0] and "disallowed class" in err[0]

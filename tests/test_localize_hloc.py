@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pycolmap
 import pytest
-from conftest import tiny_pipeline_conf
+from conftest import copy_caches, tiny_pipeline_conf
 
 from datasets.database import detect_format
 from datasets.rgbd_folder import depth_path, read_depth_png, read_depth_scale
 from localize import run as runmod
-from localize.core.formats import read_poses, read_query_list, read_top1
+from localize.core.formats import read_poses, read_query_list, read_top1, write_query_list
 from localize.core.geometry import wxyz_to_xyzw
 from localize.core.hloc import read_matches
 from localize.evaluate_inloc import evaluate
@@ -27,18 +27,15 @@ def _args(tiny: Path) -> tuple[Path, Path]:
     return tiny / "queries" / "images", tiny / "queries" / "queries_with_intrinsics.txt"
 
 
-def _recall(tiny: Path, out: Path) -> list[float]:
-    gt = {q: e.pose for q, e in read_poses(tiny / "queries" / "poses_gt.txt").items()}
-    return evaluate({"all": gt}, read_poses(out / "poses.txt"))[0]["all"].recall
+def _recall(tiny: Path, out: Path, names: tuple[str, ...] | None = None) -> list[float]:
+    gt = {q: e.pose for q, e in read_poses(tiny / "queries" / "poses_gt.txt").items() if names is None or q in names}
+    return evaluate({"all": gt}, {q: e for q, e in read_poses(out / "poses.txt").items() if q in gt})[0]["all"].recall
 
 
 @pytest.fixture(scope="module")
-def native(tiny_building, tmp_path_factory):
-    out = tmp_path_factory.mktemp("native")
-    qdir, qlist = _args(tiny_building)
-    runmod.main(tiny_pipeline_conf(256), qdir, tiny_building / "db", out, "rgbd", qlist,
-                name_style="hloc", export_hloc=out / "hloc")
-    return out
+def native(tiny_run):
+    """The session's run on the tiny building with hloc names and an hloc export (read-only)."""
+    return tiny_run.out
 
 
 def test_outputs_are_8_columns_with_top1_side_file_and_hloc_export(tiny_building, native):
@@ -83,6 +80,8 @@ def test_two_column_pairs_file_drives_the_run(tiny_building, native, tmp_path, c
     # hloc's pairs: retrieval order, names relative to the dataset root, two columns
     text = "".join(f"query/iphone7/{e['query']} database/cutouts/{n}\n" for e in logs for n, _ in e["shortlist"])
     (tmp_path / "pairs-hloc.txt").write_text(text)
+    # the matches of the native run (same images, same matching configuration) are reused from its cache
+    copy_caches(native, tmp_path / "out", ("matches-*.h5",))
     s = runmod.main(tiny_pipeline_conf(256), qdir, tiny_building / "db", tmp_path / "out", "rgbd", qlist,
                     pairs=tmp_path / "pairs-hloc.txt", name_style="hloc")
     assert s.num_queries == len(logs)
@@ -120,9 +119,18 @@ def _write_colmap_copy(db: Path, root: Path) -> None:
 
 def test_colmap_copy_of_the_database_localizes_as_well(tiny_building, native, tmp_path):
     _write_colmap_copy(tiny_building / "db", tmp_path / "colmap")
-    qdir, qlist = _args(tiny_building)
-    runmod.main(tiny_pipeline_conf(256), qdir, tmp_path / "colmap", tmp_path / "out", "colmap", qlist)
-    assert _recall(tiny_building, tmp_path / "out") == _recall(tiny_building, native)
+    names = ("query_0000.jpg", "query_0003.jpg", "query_0005.jpg")  # a few queries: the database is under test
+    cams = read_query_list(tiny_building / "queries" / "queries_with_intrinsics.txt")
+    (tmp_path / "q").mkdir()
+    for n in names:
+        shutil.copy(tiny_building / "queries" / "images" / n, tmp_path / "q" / n)
+    write_query_list(tmp_path / "list.txt", {n: cams[n] for n in names})
+    # same image names and contents: the retrieval vocabulary and database descriptors are the native run's
+    copy_caches(native, tmp_path / "out")
+    runmod.main(tiny_pipeline_conf(256), tmp_path / "q", tmp_path / "colmap", tmp_path / "out", "colmap",
+                tmp_path / "list.txt")
+    assert set(read_poses(tmp_path / "out" / "poses.txt")) == set(read_poses(native / "poses.txt")) & set(names)
+    assert _recall(tiny_building, tmp_path / "out", names) == _recall(tiny_building, native, names)
     assert detect_format(tmp_path / "colmap") == "colmap"
 
 

@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
-from conftest import tiny_pipeline_conf
+from conftest import copy_caches, tiny_pipeline_conf
 
 from localize import run as runmod
 from localize.core.errors import ConfigError
@@ -37,11 +35,9 @@ def tiny(tiny_building) -> Path:
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    s = runmod.main(tiny_conf(), tiny / "queries" / "images", tiny / "db", out, "rgbd",
-                    tiny / "queries" / "queries_with_intrinsics.txt")
-    return out, s
+def baseline(tiny_run):
+    """The session's run on the tiny building: (export folder, read-only; summary)."""
+    return tiny_run
 
 
 def test_tiny_building_localizes(tiny, baseline):
@@ -63,7 +59,8 @@ def test_tiny_building_localizes(tiny, baseline):
 
 
 def test_rerun_recomputes_nothing_and_conf_change_recomputes(tiny, baseline, monkeypatch, tmp_path):
-    out, _ = baseline
+    out = tmp_path / "run"
+    shutil.copytree(baseline.out, out)  # the shared run stays as it is
     before = (out / "poses.txt").read_text()
 
     def boom(*a, **k):
@@ -86,34 +83,8 @@ def test_rerun_recomputes_nothing_and_conf_change_recomputes(tiny, baseline, mon
                     tiny / "queries" / "queries_with_intrinsics.txt")
 
 
-def test_bad_inputs_are_reported_and_skipped(tiny, tmp_path):
-    qdir = tmp_path / "q"
-    shutil.copytree(tiny / "queries" / "images", qdir)
-    names = sorted(p.name for p in qdir.iterdir())
-    cams = read_query_list(tiny / "queries" / "queries_with_intrinsics.txt")
-    # truncated query image, and one query missing from the intrinsics list
-    data = (qdir / names[0]).read_bytes()
-    (qdir / names[0]).write_bytes(data[: len(data) // 10])
-    del cams[names[1]]
-    write_query_list(tmp_path / "list.txt", cams)
-    # a database whose depth maps are missing for one image and NaN-free-but-empty (all zero) for another
-    db = tmp_path / "db"
-    shutil.copytree(tiny / "db", db)
-    depth_files = sorted((db / "depth").rglob("*.png"))
-    depth_files[0].unlink()
-    cv2.imwrite(str(depth_files[1]), np.zeros((8, 8), np.uint16))
-    out = tmp_path / "out"
-    rc = runmod.cli(["--query-dir", str(qdir), "--db", str(db), "--queries-list", str(tmp_path / "list.txt"),
-                     "--export-dir", str(out), "--conf", "fast", "--top-k", "3"])
-    assert rc == 0
-    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    logs = {l["query"]: l for l in lines if "query" in l}
-    assert sum(1 for l in lines if l.get("status") == "skipped") == 2  # the two database images without depth
-    assert logs[names[0]]["status"] == "failed" and any(names[0] in e for e in logs[names[0]]["errors"])
-    assert logs[names[1]]["status"] == "failed" and "intrinsics" in " ".join(logs[names[1]]["errors"])
-    poses = read_poses(out / "poses.txt")
-    assert names[0] not in poses and names[1] not in poses
-    assert len(poses) >= 1  # the others still localize
+# bad inputs of a run (truncated query, query without intrinsics, database images without depth): in
+# test_failures.py::test_empty_files_and_bad_list_lines_are_skipped, one run with the empty files
 
 
 def test_unknown_configuration_key_is_rejected_by_name(tiny, tmp_path):
@@ -136,20 +107,28 @@ def test_unusable_database_exits_nonzero(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses SIGKILL")
-def test_killed_run_resumes_to_identical_poses(tiny, tmp_path):
+def test_killed_run_resumes_to_identical_poses(tiny, tiny_run, tmp_path):
+    # two queries (6 matched pairs); retrieval's vocabulary and database descriptors from the session's run
+    names = ["query_0000.jpg", "query_0003.jpg"]
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    for n in names:
+        shutil.copy(tiny / "queries" / "images" / n, qdir / n)
+    cams = read_query_list(tiny / "queries" / "queries_with_intrinsics.txt")
+    write_query_list(tmp_path / "list.txt", {n: cams[n] for n in names})
     conf_file = tmp_path / "conf.json"
     conf_file.write_text(json.dumps(tiny_conf()))
     code = ("import json,sys,torch; torch.set_num_threads(1); from localize import run; "
             "c=json.load(open(sys.argv[1])); run.main(c, sys.argv[2], sys.argv[3], sys.argv[4], 'rgbd', sys.argv[5])")
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-c", code, str(conf_file), str(tiny / "queries" / "images"), str(tiny / "db"),
-                str(out), str(tiny / "queries" / "queries_with_intrinsics.txt")]
+        return [sys.executable, "-c", code, str(conf_file), str(qdir), str(tiny / "db"), str(out),
+                str(tmp_path / "list.txt")]
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run(command(tmp_path / "reference"), check=True, **quiet)  # uninterrupted, same settings
-    out = tmp_path / "killed"
+    subprocess.run(command(copy_caches(tiny_run.out, tmp_path / "reference")), check=True, **quiet)  # uninterrupted
+    out = copy_caches(tiny_run.out, tmp_path / "killed")
     p = subprocess.Popen(command(out), **quiet)
     # kill once some (not all) pair matches are on disk
     deadline = time.time() + 120

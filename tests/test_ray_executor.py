@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_pipeline_conf
+from conftest import copy_caches, tiny_pipeline_conf
 
 from localize import run as runmod
 from localize.core.formats import read_query_list, write_query_list
@@ -44,9 +44,9 @@ def tiny_subset(tiny_building, tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tiny_subset, tmp_path_factory) -> Path:
+def local_run(tiny_subset, tiny_run, tmp_path_factory) -> Path:
     qdir, qlist, db = tiny_subset
-    out = tmp_path_factory.mktemp("local")
+    out = copy_caches(tiny_run.out, tmp_path_factory.mktemp("local"))  # the session run's retrieval vocabulary
     s = runmod.main(small_conf(), qdir, db, out, "rgbd", qlist, executor=LocalExecutor())
     assert s.num_localized >= 1
     return out
@@ -69,7 +69,9 @@ class KillOneWorker:
         self.inner.shutdown()
 
 
-def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tmp_path, monkeypatch):
+def test_ray_matches_local_survives_killed_worker_and_sorts_errors(tiny_subset, local_run, tmp_path, monkeypatch):
+    """One local Ray instance for both checks (its start-up is the expensive part): the pipeline, then per-item
+    errors yielded with their item while programming errors are raised."""
     qdir, qlist, db = tiny_subset
     out = tmp_path / "ray"
     out.mkdir()
@@ -77,7 +79,7 @@ def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tm
     for pat in ("shortlist-*.h5", "global-descriptors-*.h5", "retrieval-vocabulary-*.h5"):
         for f in local_run.glob(pat):
             shutil.copy(f, out / f.name)
-    ex = make_executor("ray", num_cpus=2, progress=False)
+    ex = make_executor("ray", num_cpus=2, progress=False, num_workers=2)
     wrapped = KillOneWorker(ex)
     try:
         t0 = time.time()
@@ -85,6 +87,7 @@ def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tm
         print(f"ray run: {time.time() - t0:.1f} s, {ex.restarted} actor(s) replaced")
         assert wrapped.killed == 1 and ex.restarted >= 1
         assert not s.failures, s.failures
+        _check_item_errors_and_bugs(ex)
     finally:
         wrapped.shutdown()
     assert not ray.is_initialized()
@@ -99,7 +102,9 @@ def test_ray_matches_local_and_survives_killed_worker(tiny_subset, local_run, tm
     assert (out / "poses.txt").read_text() == (local_run / "poses.txt").read_text()
 
 
-def test_per_item_errors_are_yielded_programming_errors_raised():
+def _check_item_errors_and_bugs(ex) -> None:
+    """On a running Ray executor: input errors come back as results, bugs and unbuildable workers are raised."""
+
     class Flaky:  # local class: pickled by value, so the Ray workers need not import this test module
         def __init__(self, k: int) -> None:
             if k < 0:
@@ -113,17 +118,13 @@ def test_per_item_errors_are_yielded_programming_errors_raised():
                 raise KeyError("a bug")
             return {"y": t * self.k}
 
-    ex = make_executor("ray", num_cpus=2, progress=False, num_workers=2)
-    try:
-        got = dict(ex.run(Flaky, (10,), list(range(6)), "flaky"))
-        # a programming error in a worker stops the run in the driver, as with the local executor
-        with pytest.raises(KeyError, match="a bug"):
-            list(ex.run(Flaky, (10,), [0, 100, 1], "buggy"))
-        # a worker that cannot be built is a configuration error: raised once, not retried forever
-        with pytest.raises(RuntimeError, match="negative k"):
-            list(ex.run(Flaky, (-1,), [0, 1], "broken"))
-    finally:
-        ex.shutdown()
+    got = dict(ex.run(Flaky, (10,), list(range(6)), "flaky"))
+    # a programming error in a worker stops the run in the driver, as with the local executor
+    with pytest.raises(KeyError, match="a bug"):
+        list(ex.run(Flaky, (10,), [0, 100, 1], "buggy"))
+    # a worker that cannot be built is a configuration error: raised once, not retried forever
+    with pytest.raises(RuntimeError, match="negative k"):
+        list(ex.run(Flaky, (-1,), [0, 1], "broken"))
     assert sorted(got) == list(range(6))  # tasks 0..5 at indices 0..5
     assert isinstance(got[3], OSError) and "item 3" in str(got[3])
     assert all(got[i] == {"y": i * 10} for i in (0, 1, 2, 4, 5))

@@ -16,8 +16,8 @@ def _rows(n=N, stream=1):
     return np.concatenate(list(gen.chunks(n, stream)))
 
 
-def conf() -> scale.ScaleConfig:
-    return scale.ScaleConfig(pca_dim=64, nlist=16, pq_m=32, pq_bits=5, nprobe=16, train_size=1500)
+def conf(train_size: int = 1500, pq_bits: int = 5) -> scale.ScaleConfig:
+    return scale.ScaleConfig(pca_dim=64, nlist=16, pq_m=32, pq_bits=pq_bits, nprobe=16, train_size=train_size)
 
 
 def test_synthetic_descriptors_are_deterministic_and_normalised():
@@ -30,30 +30,31 @@ def test_synthetic_descriptors_are_deterministic_and_normalised():
 
 
 def test_chunked_build_from_cache_mmap_and_recall(tmp_path):
-    x = _rows()
+    n = 1000  # rows through the cache (one part file each: the slow part); 16-centroid PQ codes fit that many
+    x = _rows(n)
     cache = StageCache(tmp_path, "global-descriptors", {"method": "test"})
-    names = [f"img_{i:05d}.jpg" for i in range(N)]
-    for i, n in enumerate(names[:1500]):
-        cache.put(f"db/{n}", {"descriptor": x[i], "path": n})
+    names = [f"img_{i:05d}.jpg" for i in range(n)]
+    for i, name in enumerate(names[:700]):
+        cache.put(f"db/{name}", {"descriptor": x[i], "path": name})
     cache.put("query/q0.jpg", {"descriptor": x[0], "path": "q0"})  # another role: not indexed
     cache.finalize()
-    for i, n in enumerate(names[1500:], 1500):  # some entries still as parts (an unfinalized run)
-        cache.put(f"db/{n}", {"descriptor": x[i], "path": n})
+    for i, name in enumerate(names[700:], 700):  # some entries still as parts (an unfinalized run)
+        cache.put(f"db/{name}", {"descriptor": x[i], "path": name})
 
     got = [(ns, c) for ns, c in scale.iter_cached_descriptors(cache, "db", chunk_size=300)]
-    assert [len(ns) for ns, _ in got] == [300] * 6 + [200]
+    assert [len(ns) for ns, _ in got] == [300] * 3 + [100]
     assert [n for ns, _ in got for n in ns] == names
     assert np.array_equal(np.concatenate([c for _, c in got]), x)
 
-    idx_path, names_path = scale.build_from_cache(cache, tmp_path / "db.ivfpq", conf(), chunk_size=300)
+    idx_path, names_path = scale.build_from_cache(cache, tmp_path / "db.ivfpq", conf(train_size=n, pq_bits=4), chunk_size=300)
     assert scale.read_names(names_path) == names
     index = scale.load_index(idx_path, mmap=True, nprobe=16)
-    assert index.ntotal == N and scale.ivf_of(index).nlist == 16
+    assert index.ntotal == n and scale.ivf_of(index).nlist == 16
     q = _rows(64, stream=2)
     _s, ids = scale.search(index, q, 10)
     _, ids_exact = exact_search(x, q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ids_exact)])
-    assert recall > 0.5, recall  # PCA 128->64 and 20-byte PQ codes on overlapping clusters
+    assert recall > 0.5, recall  # PCA 128->64 and 16-byte PQ codes on overlapping clusters
     # a database row finds itself among its 10 nearest
     _, self_ids = scale.search(index, x[:50], 10)
     assert np.mean([i in row for i, row in enumerate(self_ids)]) > 0.9

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from localize import run as localize_run
 from matching.consensus import NeighConsensus, transpose_ab
 from matching.conv4d import conv4d
 from matching.correlation import correlation_4d, correlation_4d_maxpool, feature_l2norm
@@ -227,8 +228,13 @@ def test_match_images_sparse_recovers_shift():
         assert np.median(err) <= (0.5 if reloc == "hard+soft" else 1e-9), (reloc, np.median(err))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_sparse_consensus_cuda_agrees():
+def test_sparse_consensus_cuda_agrees_or_cuda_is_refused(tmp_path, capsys):
+    """With CUDA: the sparse consensus on the GPU equals the CPU's. Without: ``--device cuda`` is refused, exit 2."""
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            localize_run.cli(["--query-dir", str(tmp_path), "--db", str(tmp_path), "--device", "cuda"])
+        assert e.value.code == 2 and "--device cuda requested but CUDA is not available" in capsys.readouterr().err
+        return
     torch.manual_seed(0)
     nc = NeighConsensus([3, 3], [16, 1])
     sp = random_sparse((9, 8, 7, 9), 0.2, seed=1, positive=True)
