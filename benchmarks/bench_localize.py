@@ -415,13 +415,13 @@ def busy_core(enabled: bool) -> Iterator[int | None]:
         yield None
         return
     core = max(os.sched_getaffinity(0))
-    proc = get_context("spawn").Process(target=_spin, args=(core,), daemon=True)
+    proc = get_context("fork").Process(target=_spin, args=(core,), daemon=True)  # spins only: no re-import
     proc.start()
     print(f"busy loop on core {core} (pid {proc.pid})", flush=True)
     try:
         yield core
     finally:
-        proc.terminate()
+        proc.kill()  # SIGKILL: a SIGTERM would print pycolmap's (glog) fatal-signal trace from the fork
         proc.join()
 
 
