@@ -1,14 +1,19 @@
 """End-to-end localization benchmarks: TUM fr1_xyz split, the synthetic demo building, InLoc image sizes.
 
-python benchmarks/bench_localize.py tum [--conf default] [--max-queries N] [--out outputs/bench_tum]
+python benchmarks/bench_localize.py tum [--conf default] [--max-queries N] [--out outputs/bench_tum] [--no-baseline]
 python benchmarks/bench_localize.py synthetic [--size small] [--conf default]
+every mode: [--threads N] (one thread budget, default the available cores) [--busy-core] (a competing
+single-core busy loop pinned to one core while the benchmark runs: compare its wall time with an unloaded run)
 python benchmarks/bench_localize.py inloc-size [--conf default[,inloc-ncnet]] [--num-pairs N] [--max-queries N]
     [--scale 1.0] [--weights-dir DIR] [--json-dir DIR] [--out outputs/bench_inloc_size]
 
 TUM: database = even lines of frames.txt (50 frames, exported to the plain RGB-D folder),
 queries = odd lines (49), calibrated intrinsics (``--camera distorted``: fr1 calibration with
 its lens distortion, the default; ``calibrated``: its pinhole part only; ``default``: TUM's 525 px pinhole); prints % within (2 cm, 2 deg),
-(5 cm, 5 deg) and median errors, plus seconds per query by stage and peak memory (RSS).
+(5 cm, 5 deg) and median errors, plus seconds per query by stage and peak memory (RSS). In the same run
+the classical baseline ``benchmarks/sift_pnp.py`` (OpenCV SIFT, ratio test, tiny-image retrieval, pycolmap
+PnP with the database depth) localizes the same queries; both are timed from an empty cache (database
+description included) and the ratio of their seconds per query is printed.
 
 inloc-size: accuracy and CPU cost of a preset at the real InLoc image sizes. Data: the synthetic ``inloc-size``
 building (``datasets.synthetic``: 24 RGB-D cutouts of 1600 x 1200 from two scans, plain RGB-D
@@ -41,7 +46,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -51,6 +58,8 @@ sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "data"
 
+from localize.core.formats import read_query_list
+from localize.core.threads import apply_thread_budget
 from localize.pipeline.presets import CONFS, PipelineConfig, resolve_conf
 
 
@@ -98,23 +107,48 @@ def stage_times(log_path: Path) -> dict[str, float]:
 
 
 def bench_tum(args: argparse.Namespace) -> dict:
-    """Localize the TUM odd frames against the even frames and score them."""
+    """Localize the TUM odd frames against the even frames with the preset and the SIFT+PnP baseline; score both.
+
+    Each run starts from an empty export folder (the pipeline's database description counts, like the
+    baseline's SIFT extraction); seconds per query = wall time / queries."""
     from localize import run
     from localize.evaluate_inloc import main as evaluate
 
     out = Path(args.out or f"outputs/bench_tum_{args.camera}")
     db, qdir, qlist, gt = prepare_tum_split(out, args.max_queries, args.camera)
     conf = resolve_conf(args.conf)
-    t0 = time.time()
-    run.main(conf, qdir, db, out / f"export-{args.conf}", "rgbd", qlist, args.device)
-    wall = time.time() - t0
     thr = [(0.02, 2.0), (0.05, 5.0), (0.25, 10.0)]
-    res = evaluate(gt, out / f"export-{args.conf}" / "poses.txt", gt_format="poses", thresholds=thr)["all"]
-    doc = {"conf": args.conf, "camera": args.camera, "queries": res.num_queries, "recall_2cm2deg": res.recall[0],
-           "recall_5cm5deg": res.recall[1], "median_position_cm": 100 * res.median_position_m,
-           "median_rotation_deg": res.median_rotation_deg, "wall_s": wall, "s_per_query": wall / res.num_queries,
-           "stage_s_per_query": stage_times(out / f"export-{args.conf}" / "log.jsonl"), "peak_rss_gb": peak_rss_gb()}
+
+    def score(poses: Path) -> dict:
+        res = evaluate(gt, poses, gt_format="poses", thresholds=thr)["all"]
+        return {"queries": res.num_queries, "recall_2cm2deg": res.recall[0], "recall_5cm5deg": res.recall[1],
+                "median_position_cm": 100 * res.median_position_m, "median_rotation_deg": res.median_rotation_deg}
+
+    export = out / f"export-{args.conf}"
+    if export.exists():
+        shutil.rmtree(export)  # the benchmark's own output: a cached run would time nothing
+    load_start = os.getloadavg()
+    t0 = time.time()
+    run.main(conf, qdir, db, export, "rgbd", qlist, args.device)
+    wall = time.time() - t0
+    nq = len(read_query_list(qlist))
+    doc = {"conf": args.conf, "camera": args.camera, "threads": args.threads_applied, "busy_core": args.busy_core,
+           "pipeline": {**score(export / "poses.txt"), "wall_s": wall, "s_per_query": wall / nq,
+                        "stage_s_per_query": stage_times(export / "log.jsonl")}}
+    if not args.no_baseline:
+        from benchmarks.sift_pnp import run as sift_pnp
+
+        b = sift_pnp(db, qdir, qlist, out / "sift_pnp_poses.txt")
+        doc["sift_pnp"] = {**score(out / "sift_pnp_poses.txt"), "wall_s": b["wall_s"], "db_s": b["db_s"],
+                           "s_per_query": b["s_per_query"], "settings": b["settings"]}
+        doc["ratio_s_per_query"] = doc["pipeline"]["s_per_query"] / doc["sift_pnp"]["s_per_query"]
+    doc.update({"peak_rss_gb": peak_rss_gb(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()})
     print(json.dumps(doc, indent=1))
+    if "ratio_s_per_query" in doc:
+        p, b = doc["pipeline"], doc["sift_pnp"]
+        print(f"{args.conf}: {p['recall_2cm2deg']:.1f} % within (2 cm, 2 deg), median {p['median_position_cm']:.2f} cm, "
+              f"{p['s_per_query']:.2f} s/query | SIFT+PnP: {b['recall_2cm2deg']:.1f} %, median "
+              f"{b['median_position_cm']:.2f} cm, {b['s_per_query']:.3f} s/query | ratio {doc['ratio_s_per_query']:.1f}x")
     return doc
 
 
@@ -367,6 +401,30 @@ def _inloc_size_doc(name: str, conf: PipelineConfig, preset_pairs: int, args: ar
     }
 
 
+def _spin(core: int) -> None:
+    """(In a child process) a busy loop pinned to one core."""
+    os.sched_setaffinity(0, {core})
+    while True:
+        pass
+
+
+@contextmanager
+def busy_core(enabled: bool) -> Iterator[int | None]:
+    """While active: a child process spinning on the last available core (yields that core, None when off)."""
+    if not enabled:
+        yield None
+        return
+    core = max(os.sched_getaffinity(0))
+    proc = get_context("fork").Process(target=_spin, args=(core,), daemon=True)  # spins only: no re-import
+    proc.start()
+    print(f"busy loop on core {core} (pid {proc.pid})", flush=True)
+    try:
+        yield core
+    finally:
+        proc.kill()  # SIGKILL: a SIGTERM would print pycolmap's (glog) fatal-signal trace from the fork
+        proc.join()
+
+
 def main() -> None:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,9 +446,16 @@ def main() -> None:
     p.add_argument("--camera", default="distorted", choices=["distorted", "calibrated", "default"],
                    help="TUM intrinsics (database and queries)")
     p.add_argument("--out", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="thread budget (localize.core.threads; default: the available cores)")
+    p.add_argument("--busy-core", action="store_true",
+                   help="run a competing single-core busy loop, pinned to one core, for the benchmark's duration")
+    p.add_argument("--no-baseline", action="store_true", help="tum: skip the SIFT+PnP baseline")
     a = p.parse_args()
     a.conf = a.conf or "default"
-    {"tum": bench_tum, "synthetic": bench_synthetic, "inloc-size": bench_inloc_size}[a.what](a)
+    a.threads_applied = apply_thread_budget(a.threads).threads
+    with busy_core(a.busy_core):
+        {"tum": bench_tum, "synthetic": bench_synthetic, "inloc-size": bench_inloc_size}[a.what](a)
 
 
 if __name__ == "__main__":

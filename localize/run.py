@@ -36,6 +36,7 @@ from localize.core.errors import ConfigError, DatabaseError, InputError, OutputE
 from localize.core.formats import atomic_write, read_pairs, write_poses, write_top1
 from localize.core.hloc import NAME_STYLES, resolve_pairs
 from localize.core.records import MAX_MEGAPIXELS_ENV
+from localize.core.threads import apply_thread_budget, available_cores
 from localize.evaluate_inloc import main as evaluate
 from localize.hloc import export_run
 from localize.pipeline import stages
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local instance)")
     p.add_argument("--max-megapixels", type=positive_float, default=None,
                    help=f"refuse images larger than this many megapixels (default 40; env {MAX_MEGAPIXELS_ENV})")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help=f"one thread budget for torch, OpenCV, BLAS and the native pool (default: the available "
+                        f"cores, here {available_cores()})")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -222,6 +226,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    apply_thread_budget(a.threads)
     if a.device.startswith("cuda"):
         import torch  # only to check the device: the stages import torch through their modules
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from localize.core.formats import atomic_path
+from localize.core.threads import num_threads
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def conv4d_rows_valid(x: Tensor, weight: Tensor, bias: Tensor | None, groups: in
         return out
     rc = lib.ncdirect_conv4d_rows_valid(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(),
                                         out.data_ptr(), B, r, cin, wa, hb, wb, cout, k, groups, int(relu),
-                                        torch.get_num_threads())
+                                        num_threads())  # the process's thread budget (localize.core.threads)
     _check(rc, "native conv4d")
     return out
 
@@ -207,7 +208,7 @@ def conv4d_stack(x: Tensor, layers: list[tuple[Tensor, Tensor | None, int]], row
         x.data_ptr(), ha, c0, wa, hb, wb, row_start, row_stop, n, k,
         int_arr(*[w.shape[0] for w in ws]), int_arr(*[g for _, _, g in layers]),
         ptr_arr(*[w.data_ptr() for w in ws]), ptr_arr(*[None if b is None else b.data_ptr() for b in bs]),
-        int(sum_groups), out.data_ptr(), torch.get_num_threads())
+        int(sum_groups), out.data_ptr(), num_threads())
     _check(rc, "native consensus")
     return out
 

@@ -28,7 +28,7 @@ from localize.core.config import from_dict
 from localize.core.errors import InputError
 from localize.core.geometry import Camera, Pose
 from localize.core.records import DbImage
-from pose.lifting import lift_matches
+from pose.lifting import PointMapCache, lift_matches
 from pose.pnp import PnPConfig, PoseResult, estimate_pose
 
 logger = logging.getLogger(__name__)
@@ -122,13 +122,14 @@ class _Lifted:
     error: str = ""
 
 
-def _lift_one(pm: PairMatches, db: DbImage | None, min_score: float) -> _Lifted:
+def _lift_one(pm: PairMatches, db: DbImage | None, min_score: float,
+              point_maps: PointMapCache | None = None) -> _Lifted:
     keep = np.isfinite(pm.scores) & (pm.scores >= min_score)
     q, d = pm.kpts_query[keep], pm.kpts_db[keep]
     if db is None:
         return _Lifted(pm.db_name, len(q), np.zeros((0, 2)), np.zeros((0, 3)), f"unknown DB image {pm.db_name}")
     try:
-        lr = lift_matches(db, d)
+        lr = lift_matches(db, d, None if point_maps is None else point_maps.get(db))
     except (InputError, OSError, ValueError) as e:  # unreadable / mis-sized point map: a failed candidate
         logger.warning("cannot lift matches of %s: %s", pm.db_name, e)
         return _Lifted(pm.db_name, len(q), np.zeros((0, 2)), np.zeros((0, 3)), f"lifting failed: {e}")
@@ -148,11 +149,16 @@ def _sort_key(c: Candidate) -> tuple:
 
 
 def estimate_candidates(camera: Camera, matches: Iterable[PairMatches], db: Mapping[str, DbImage],
-                        conf: CandidatesConfig | None = None) -> list[Candidate]:
-    """Query camera + per-DB-image matches (shortlist order) + DB records -> candidates, best first."""
+                        conf: CandidatesConfig | None = None,
+                        point_maps: PointMapCache | None = None) -> list[Candidate]:
+    """Query camera + per-DB-image matches (shortlist order) + DB records -> candidates, best first.
+
+    ``point_maps``: database point maps kept across calls (a worker's), else each is read once per call.
+    """
     conf = conf or CandidatesConfig()
     matches = list(matches)
-    lifted = [_lift_one(pm, db.get(pm.db_name), conf.min_match_score) for pm in matches]
+    point_maps = point_maps if point_maps is not None else PointMapCache()
+    lifted = [_lift_one(pm, db.get(pm.db_name), conf.min_match_score, point_maps) for pm in matches]
     if conf.order_by == "matches":
         # stable sort: ties keep the retrieval order
         order = sorted(range(len(lifted)), key=lambda i: -len(lifted[i].p2))

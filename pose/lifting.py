@@ -8,6 +8,7 @@ covers: depth maps (plain RGB-D folder, TUM) and InLoc cutouts (XYZcut already m
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,3 +60,30 @@ def lift_matches(db_image: DbImage, uv_db: np.ndarray, xyz: np.ndarray | None = 
     res = _lift(db_image.lift, uv_db) if xyz is None else lift_points(xyz, uv_db)
     logger.debug("%s: lifted %d / %d matches", db_image.name, res.num_valid, res.num_input)
     return res
+
+
+class PointMapCache:
+    """World point maps (H x W x 3, m) of database images, each computed once and kept in an LRU bounded in bytes.
+
+    A point map costs a depth read and a back-projection (with undistortion); a worker that lifts matches
+    of many queries against the same database images keeps them here instead of recomputing them.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self.max_bytes = int(max_bytes)
+        self._maps: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, db_image: DbImage) -> np.ndarray:
+        """The record's ``world_xyz()``, from the cache when present (errors of the record propagate)."""
+        key = (db_image.name, str(db_image.image_path))
+        if key in self._maps:
+            self._maps.move_to_end(key)
+            return self._maps[key]
+        xyz = db_image.world_xyz()
+        self._maps[key] = xyz
+        self._bytes += xyz.nbytes
+        while self._bytes > self.max_bytes and len(self._maps) > 1:
+            _, old = self._maps.popitem(last=False)
+            self._bytes -= old.nbytes
+        return xyz

@@ -85,6 +85,15 @@ def cell_centers(idx: np.ndarray, grid_hw: tuple[int, int], image_hw: tuple[int,
     return cell_to_pixels(torch.stack([flat // w, flat % w], dim=1), grid_hw, image_hw).numpy()
 
 
+@dataclass(frozen=True)
+class _DbEntry:
+    """A database image's features [C, h*w] and its cells' world points [h*w, 3] (m), ``lifted`` where valid."""
+
+    features: torch.Tensor
+    points3d: np.ndarray
+    lifted: np.ndarray
+
+
 class ShortlistVerifier:
     """Counts PnP inliers of mutual-NN grid matches between a query and database images."""
 
@@ -93,7 +102,7 @@ class ShortlistVerifier:
         conf = verify_config(conf)
         self.conf, self.database, self.device = conf, database, device
         self.extractor = build_features(conf.features, step=conf.step).to(device).eval()
-        self._db_feats: OrderedDict[str, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+        self._db_feats: OrderedDict[str, _DbEntry] = OrderedDict()
 
     @torch.no_grad()
     def features(self, img: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
@@ -103,11 +112,15 @@ class ShortlistVerifier:
         f = self.extractor(image_to_tensor(img, shape, self.device))[0].float()
         return f.reshape(f.shape[0], -1), (int(f.shape[1]), int(f.shape[2])), (img.shape[0], img.shape[1])
 
-    def _db_features(self, name: str) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    def _db_features(self, name: str) -> _DbEntry:
+        """Features of a database image and its grid cells lifted to world points, computed once (LRU)."""
         if name in self._db_feats:
             self._db_feats.move_to_end(name)
             return self._db_feats[name]
-        out = self.features(load_rgb(self.database[name].image_path))
+        rec = self.database[name]
+        f, g, hw = self.features(load_rgb(rec.image_path))
+        p3, ok = rec.lift(cell_centers(np.arange(g[0] * g[1]), g, hw))
+        out = _DbEntry(f, p3, ok)
         self._db_feats[name] = out
         while len(self._db_feats) > self.conf.db_cache_size:
             self._db_feats.popitem(last=False)
@@ -130,11 +143,12 @@ class ShortlistVerifier:
                 out[name] = 0
                 continue
             try:
-                fd, gd, hd = self._db_features(name)
-                ia, ib = mutual_nn(fq, fd)
-                p3, ok = self.database[name].lift(cell_centers(ib.cpu().numpy(), gd, hd))
+                d = self._db_features(name)
+                ia, ib = mutual_nn(fq, d.features)
+                ib_np = ib.cpu().numpy()
+                ok = d.lifted[ib_np]
                 p2 = cell_centers(ia.cpu().numpy(), gq, hq)
-                res = estimate_pose(p2[ok], p3[ok], cam, pnp)
+                res = estimate_pose(p2[ok], d.points3d[ib_np][ok], cam, pnp)
                 out[name] = int(res.num_inliers) if res.success else 0
             except PER_ITEM_ERRORS as e:  # one bad database image must not stop the query
                 logger.warning("verification: %s: %s", name, e)

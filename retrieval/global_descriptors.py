@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from localize.core.cache import StageCache, content_fingerprint, file_fingerprint
+from localize.core.errors import PER_ITEM_ERRORS
 from localize.core.records import load_rgb
 from retrieval.config import RetrievalConfig, find_weights, resolve_conf
 from retrieval.dense_vlad import DenseVLAD, dense_local_features, resize_max
@@ -170,17 +171,27 @@ def descriptor_cache(extractor: GlobalExtractor, export_dir: str | Path) -> Stag
 
 
 def global_descriptors(extractor: GlobalExtractor, images: Sequence[tuple[str, Path]],
-                       export_dir: str | Path | None = None, role: str = "db", finalize: bool = True) -> np.ndarray:
+                       export_dir: str | Path | None = None, role: str = "db", finalize: bool = True,
+                       errors: dict[str, str] | None = None) -> np.ndarray:
     """Global descriptors [N, dim] float32 of (name, path) images, in order, read from / written to the cache.
 
-    Unreadable images raise OSError naming the file (callers decide whether to skip them).
+    Unreadable images raise OSError naming the file; with ``errors`` given, an image that cannot be read or
+    described (``PER_ITEM_ERRORS``) is recorded there as {name: reason} instead and its row stays zero.
+    Logs one line per call (computed / cached counts).
     """
     cache = descriptor_cache(extractor, export_dir) if export_dir is not None else None
     out = np.zeros((len(images), extractor.dim), np.float32)
     todo = []
     for i, (name, path) in enumerate(images):
         key = f"{role}/{name}"
-        if cache is not None and cache.has(key, content_fingerprint(path)):
+        try:
+            cached = cache is not None and cache.has(key, content_fingerprint(path))
+        except OSError as e:  # a missing or unreadable file
+            if errors is None:
+                raise
+            errors[name] = str(e)
+            continue
+        if cached:
             e = cache.get(key)
             if e.get("path") == str(path) and e["descriptor"].shape == (extractor.dim,):
                 out[i] = e["descriptor"]
@@ -191,7 +202,13 @@ def global_descriptors(extractor: GlobalExtractor, images: Sequence[tuple[str, P
         logger.info("global descriptors (%s): %d to compute, %d cached", role, len(todo), len(images) - len(todo))
     for i in tqdm(todo, desc=f"global descriptors ({role})", unit="img", disable=len(todo) < 5):
         name, path = images[i]
-        out[i] = extractor.describe(load_rgb(path))
+        try:
+            out[i] = extractor.describe(load_rgb(path))
+        except PER_ITEM_ERRORS as e:
+            if errors is None:
+                raise
+            errors[name] = str(e)
+            continue
         if cache is not None:
             cache.put(f"{role}/{name}", {"descriptor": out[i], "path": str(path)}, content_fingerprint(path))
     if cache is not None and todo and finalize:

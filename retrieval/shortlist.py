@@ -26,7 +26,7 @@ import torch
 from datasets.database import DB_FORMATS, load_database
 from datasets.queries import image_files
 from localize.core.config import nonnegative_int, positive_int
-from localize.core.errors import PER_ITEM_ERRORS, DatabaseError, InputError
+from localize.core.errors import DatabaseError, InputError
 from localize.core.formats import read_query_list, write_pairs
 from localize.core.records import DbImage
 from retrieval.config import CONFS, RetrievalConfig, resolve_conf
@@ -99,15 +99,13 @@ def main(conf: str | Mapping[str, Any] | RetrievalConfig, db: str | Path | Seque
     t0 = time.time()
     ext = load_extractor(conf, dbi, export_dir, device)
     db_desc = global_descriptors(ext, dbi, export_dir, role="db")
-    good, q_desc = [], []
-    for item in qi:
-        try:
-            q_desc.append(global_descriptors(ext, [item], export_dir, role="query", finalize=False)[0])
-            good.append(item[0])
-        except PER_ITEM_ERRORS as e:  # unreadable image / image too small for dense descriptors
-            if not skip_unreadable:
-                raise
-            logger.warning("query %s skipped: %s", item[0], e)
+    failed: dict[str, str] = {}  # unreadable image / image too small for dense descriptors
+    all_desc = global_descriptors(ext, qi, export_dir, role="query", finalize=False,
+                                  errors=failed if skip_unreadable else None)
+    for name, why in failed.items():
+        logger.warning("query %s skipped: %s", name, why)
+    keep = [i for i, (n, _) in enumerate(qi) if n not in failed]
+    good, q_desc = [qi[i][0] for i in keep], list(all_desc[keep])
     if export_dir is not None:
         descriptor_cache(ext, export_dir).finalize()
     pairs = search_pairs(db_desc, [n for n, _ in dbi], np.stack(q_desc) if q_desc else

@@ -10,7 +10,7 @@ import datasets.inloc
 import datasets.tum
 from localize.core.geometry import Camera, Pose, depth_to_world, look_at
 from localize.core.records import DbImage
-from pose.lifting import lift_matches, lift_points
+from pose.lifting import PointMapCache, lift_matches, lift_points
 
 CAM = Camera.pinhole(160, 120, 150.0, cx=81.0, cy=59.5)
 
@@ -136,3 +136,21 @@ def test_tum_lifting_matches_depth(tum_root: Path) -> None:
     assert np.allclose(Xc[:, 2], depth[rows[sel], cols[sel]], atol=1e-9)
     uv_back, _ = rec.camera.project(Xc)
     assert np.abs(uv_back - uv).max() < 1e-6
+
+
+def test_point_map_cache_reads_once_and_is_bounded_in_bytes():
+    calls = []
+
+    def record(name: str) -> DbImage:
+        def loader():
+            calls.append(name)
+            return np.ones((4, 5, 3))
+        return DbImage(name, Path(f"{name}.png"), Camera("PINHOLE", 5, 4, np.array([5.0, 5, 2.5, 2])),
+                       Pose.identity(), loader)
+
+    a, b = record("a"), record("b")
+    cache = PointMapCache(max_bytes=np.ones((4, 5, 3)).nbytes)  # room for one map
+    assert cache.get(a) is cache.get(a) and calls == ["a"]
+    cache.get(b)
+    cache.get(a)  # evicted by b: read again
+    assert calls == ["a", "b", "a"]

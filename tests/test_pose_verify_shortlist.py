@@ -120,3 +120,30 @@ def test_cli_pairs_that_resolve_to_nothing_fail_naming_the_name(tiny, tmp_path, 
     err = caplog.text  # the error line is logged
     assert rc == 2 and "query/iphone7/nope.png" in err and "--name-style hloc" in err, err
     assert not (tmp_path / "reranked.txt").exists()
+
+
+def test_verifier_reads_each_point_map_once_and_repeats_itself(tiny):
+    import dataclasses
+    from collections import Counter
+
+    from datasets.database import load_database
+    from localize.core.formats import read_query_list
+    from localize.core.records import load_rgb
+
+    calls: Counter = Counter()
+
+    def counted(rec):
+        def loader():
+            calls[rec.name] += 1
+            return rec.xyz_loader()
+        return dataclasses.replace(rec, xyz_loader=loader)
+
+    db = {n: counted(r) for n, r in load_database(tiny / "db", "rgbd").items()}
+    cams = read_query_list(tiny / "queries" / "queries_with_intrinsics.txt")
+    names, queries = sorted(db)[:3], sorted(cams)[:2]
+    ver = ShortlistVerifier(VerifyConfig(image_size=128), db)
+    first = [ver.inliers(load_rgb(tiny / "queries" / "images" / q), cams[q], names) for q in queries]
+    again = ShortlistVerifier(VerifyConfig(image_size=128), db).inliers(
+        load_rgb(tiny / "queries" / "images" / queries[0]), cams[queries[0]], names)
+    assert again == first[0] and any(v > 0 for r in first for v in r.values())
+    assert calls == Counter({n: 2 for n in names})  # once per verifier, whatever the number of queries

@@ -1,5 +1,6 @@
 """Shortlists end to end: TUM split (low bar), CLI, cache reuse, synthetic building, training."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ def synthetic_tiny(tiny_building):
     return tiny_building
 
 
-def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):
+def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path, caplog):
     from datasets.rgbd_folder import read_rgbd_folder
     from datasets.synthetic import view_covisibility
     from retrieval.shortlist import main
@@ -147,9 +148,12 @@ def test_synthetic_tiny_shortlist(synthetic_tiny, tmp_path):
     from retrieval.config import CONFS
 
     conf = {**CONFS["dense-rootsift-vlad"], **FAST, "resize_max": 256, "num_clusters": 32}
-    pairs = main(conf, synthetic_tiny / "db", synthetic_tiny / "queries" / "queries_with_intrinsics.txt",
-                 tmp_path, top_k=5)
+    with caplog.at_level(logging.INFO, logger="retrieval.global_descriptors"):
+        pairs = main(conf, synthetic_tiny / "db", synthetic_tiny / "queries" / "queries_with_intrinsics.txt",
+                     tmp_path, top_k=5)
     assert set(pairs) == {q.name for q in qs}
+    # one log line for all the queries' descriptors, not one per query
+    assert sum("global descriptors (query)" in r.getMessage() for r in caplog.records) == 1
     ok = {q.name: {d.name for d in db if view_covisibility(q, d) >= 0.3} for q in qs}
     r5 = np.mean([any(d in ok[q] for d, _ in lst) for q, lst in pairs.items()])
     assert r5 >= 0.6, r5  # default conf measured 0.875 (8 queries, 18 database images; random @1 ~10 %)

@@ -26,7 +26,8 @@ from pose.candidates import (
     candidates_to_record,
     estimate_candidates,
 )
-from pose.densepv import DensePVConfig, order_by_densepv
+from pose.densepv import DensePVConfig, order_by_densepv, point_source
+from pose.lifting import PointMapCache
 
 
 class MatchWorker:
@@ -86,11 +87,13 @@ class PoseWorker:
     def __init__(self, conf: CandidatesConfig, db: str, db_format: str) -> None:
         self.conf = conf
         self.database = load_database(db, db_format)
+        self.point_maps = PointMapCache()  # database point maps, read once for all queries
 
     def __call__(self, task: tuple[Camera, list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]) -> dict[str, Any]:
         camera, pairs = task
         t0 = time.time()
-        cands = estimate_candidates(camera, [PairMatches(*p) for p in pairs], self.database, self.conf)
+        cands = estimate_candidates(camera, [PairMatches(*p) for p in pairs], self.database, self.conf,
+                                    self.point_maps)
         return candidates_to_record(cands, time.time() - t0)
 
 
@@ -100,6 +103,7 @@ class DensePVWorker:
     def __init__(self, conf: DensePVConfig, db: str, db_format: str, save_dir: str | None = None) -> None:
         self.conf = conf
         self.database = load_database(db, db_format)
+        self.points = point_source(self.database, conf)  # point clouds kept across queries (LRU)
         self.save_dir = save_dir
 
     def __call__(self, task: tuple[str, str, Camera, dict]) -> dict[str, Any]:
@@ -107,7 +111,7 @@ class DensePVWorker:
         cands = candidates_from_record(record)
         qimg = load_rgb(q_path)
         t0 = time.time()
-        ranked = order_by_densepv(qimg, camera, cands, self.database, self.conf, save_dir=self.save_dir,
+        ranked = order_by_densepv(qimg, camera, cands, self.points, self.conf, save_dir=self.save_dir,
                                   query_name=name)
         scores = {id(c): c.densepv_score for c in ranked}
         return {"scores": np.array([np.nan if scores[id(c)] is None else scores[id(c)] for c in cands]),

@@ -1,0 +1,102 @@
+"""One thread budget for the whole process: torch, OpenCV, BLAS / OpenMP pools, FAISS and the native conv4d pool.
+
+``apply_thread_budget(n)`` is called once, early (``python -m localize.run --threads N``, the benchmarks);
+default n = the cores this process may run on (``os.sched_getaffinity``). Applied to:
+
+* torch intra-op threads = n (its OpenMP pool, its MKL / oneDNN kernels follow it); inter-op threads = 1:
+  the pipeline has no inter-op parallelism, and each inter-op task would run its own n intra-op threads;
+* OpenCV = n: the pipeline calls OpenCV only outside torch's parallel regions (DensePV, image resizing),
+  never from inside one, so the two pools never run at the same time;
+* BLAS / OpenMP libraries loaded by numpy, OpenCV and FAISS = n, through ``threadpoolctl`` when it is
+  installed (it is optional); FAISS's own OpenMP pool = n;
+* the native conv4d pool (``matching.native``) reads ``num_threads()``.
+
+No pool is set larger than n, so work never nests n threads inside n threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import cv2
+import torch
+
+logger = logging.getLogger(__name__)
+
+_budget: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """What ``apply_thread_budget`` set: the budget and each pool's resulting size (-1 = not present)."""
+
+    threads: int
+    torch_intra: int
+    torch_interop: int
+    opencv: int
+    blas: int
+    faiss: int
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def num_threads() -> int:
+    """The thread budget set by ``apply_thread_budget``, else torch's intra-op thread count."""
+    return _budget if _budget is not None else torch.get_num_threads()
+
+
+def _set_interop(n: int) -> int:
+    """torch inter-op threads (settable once per process, before any inter-op work); the resulting count."""
+    if torch.get_num_interop_threads() != n:
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError as e:  # already set, or inter-op work already started
+            logger.debug("torch inter-op threads stay %d: %s", torch.get_num_interop_threads(), e)
+    return torch.get_num_interop_threads()
+
+
+def _set_blas(n: int) -> int:
+    """BLAS / OpenMP pools of the loaded native libraries via threadpoolctl (-1 when it is not installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return -1
+    threadpool_limits(limits=n)
+    return n
+
+
+def _set_faiss(n: int) -> int:
+    """FAISS's OpenMP pool (-1 when FAISS is not installed)."""
+    try:
+        import faiss
+    except ImportError:
+        return -1
+    faiss.omp_set_num_threads(n)
+    return n
+
+
+def apply_thread_budget(threads: int | None = None) -> ThreadBudget:
+    """Size every thread pool of the process to ``threads`` (default: ``available_cores()``); see the module."""
+    global _budget
+    n = int(threads) if threads else available_cores()
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    _budget = n
+    torch.set_num_threads(n)
+    interop = _set_interop(1)
+    cv2.setNumThreads(n)
+    blas = _set_blas(n)
+    fa = _set_faiss(n)
+    out = ThreadBudget(n, torch.get_num_threads(), interop, cv2.getNumThreads(), blas, fa)
+    logger.info("thread budget %d: torch %d (+%d inter-op), OpenCV %d, BLAS %s, FAISS %s", n, out.torch_intra,
+                out.torch_interop, out.opencv, "threadpoolctl not installed" if blas < 0 else blas,
+                "absent" if fa < 0 else fa)
+    return out

@@ -1,0 +1,47 @@
+"""One thread budget (localize.core.threads): applied to torch, OpenCV and the native pool; --threads on the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import pytest
+import torch
+
+from localize.core import threads
+from localize.run import build_parser
+from matching import native
+
+
+@pytest.fixture
+def restore_threads():
+    """Put torch's and OpenCV's thread counts and the budget back after the test."""
+    t, c, b = torch.get_num_threads(), cv2.getNumThreads(), threads._budget
+    yield
+    torch.set_num_threads(t)
+    cv2.setNumThreads(c)
+    threads._budget = b
+
+
+def test_available_cores_is_the_affinity():
+    assert threads.available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_budget_applies_to_every_pool(restore_threads):
+    out = threads.apply_thread_budget(1)
+    assert out.threads == 1 and torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    assert threads.num_threads() == 1
+    assert native.num_threads() == 1  # the native conv4d pool reads the same budget
+    assert torch.get_num_interop_threads() == out.torch_interop
+    out = threads.apply_thread_budget(None)  # default: the available cores
+    assert out.threads == threads.available_cores() == torch.get_num_threads() == cv2.getNumThreads()
+    with pytest.raises(ValueError):
+        threads.apply_thread_budget(-2)
+
+
+def test_cli_has_threads_option():
+    p = build_parser()
+    assert p.parse_args(["--demo", "--threads", "3"]).threads == 3
+    assert p.parse_args(["--demo"]).threads is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["--demo", "--threads", "0"])
