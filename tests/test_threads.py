@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 import cv2
+import faiss
+import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 from localize.core import threads
 from localize.run import build_parser
@@ -32,6 +35,9 @@ def test_budget_applies_to_every_pool(restore_threads):
     assert out.threads == 1 and torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
     assert threads.num_threads() == 1
     assert native.num_threads() == 1  # the native conv4d pool reads the same budget
+    np.dot(np.ones((64, 64)), np.ones((64, 64)))  # numpy's BLAS is loaded
+    assert out.blas == 1 and all(p["num_threads"] == 1 for p in threadpool_info())
+    assert faiss.omp_get_max_threads() == 1
     assert torch.get_num_interop_threads() == out.torch_interop
     out = threads.apply_thread_budget(None)  # default: the available cores
     assert out.threads == threads.available_cores() == torch.get_num_threads() == cv2.getNumThreads()

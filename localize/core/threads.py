@@ -7,8 +7,8 @@ default n = the cores this process may run on (``os.sched_getaffinity``). Applie
   the pipeline has no inter-op parallelism, and each inter-op task would run its own n intra-op threads;
 * OpenCV = n: the pipeline calls OpenCV only outside torch's parallel regions (DensePV, image resizing),
   never from inside one, so the two pools never run at the same time;
-* BLAS / OpenMP libraries loaded by numpy, OpenCV and FAISS = n, through ``threadpoolctl`` when it is
-  installed (it is optional); FAISS's own OpenMP pool = n;
+* BLAS / OpenMP libraries loaded by numpy, OpenCV and FAISS = n, through ``threadpoolctl``; FAISS's own
+  OpenMP pool = n;
 * the native conv4d pool (``matching.native``) reads ``num_threads()``.
 
 No pool is set larger than n, so work never nests n threads inside n threads.
@@ -21,7 +21,9 @@ import os
 from dataclasses import dataclass
 
 import cv2
+import faiss
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ _budget: int | None = None
 
 @dataclass(frozen=True)
 class ThreadBudget:
-    """What ``apply_thread_budget`` set: the budget and each pool's resulting size (-1 = not present)."""
+    """What ``apply_thread_budget`` set: the budget and each pool's resulting size."""
 
     threads: int
     torch_intra: int
@@ -64,23 +66,10 @@ def _set_interop(n: int) -> int:
 
 
 def _set_blas(n: int) -> int:
-    """BLAS / OpenMP pools of the loaded native libraries via threadpoolctl (-1 when it is not installed)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return -1
+    """BLAS / OpenMP pools of the loaded native libraries (threadpoolctl); the largest resulting pool size."""
     threadpool_limits(limits=n)
-    return n
-
-
-def _set_faiss(n: int) -> int:
-    """FAISS's OpenMP pool (-1 when FAISS is not installed)."""
-    try:
-        import faiss
-    except ImportError:
-        return -1
-    faiss.omp_set_num_threads(n)
-    return n
+    sizes = [int(p["num_threads"]) for p in threadpool_info()]
+    return max(sizes) if sizes else n
 
 
 def apply_thread_budget(threads: int | None = None) -> ThreadBudget:
@@ -94,9 +83,8 @@ def apply_thread_budget(threads: int | None = None) -> ThreadBudget:
     interop = _set_interop(1)
     cv2.setNumThreads(n)
     blas = _set_blas(n)
-    fa = _set_faiss(n)
-    out = ThreadBudget(n, torch.get_num_threads(), interop, cv2.getNumThreads(), blas, fa)
+    faiss.omp_set_num_threads(n)
+    out = ThreadBudget(n, torch.get_num_threads(), interop, cv2.getNumThreads(), blas, n)
     logger.info("thread budget %d: torch %d (+%d inter-op), OpenCV %d, BLAS %s, FAISS %s", n, out.torch_intra,
-                out.torch_interop, out.opencv, "threadpoolctl not installed" if blas < 0 else blas,
-                "absent" if fa < 0 else fa)
+                out.torch_interop, out.opencv, blas, n)
     return out
