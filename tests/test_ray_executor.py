@@ -22,7 +22,7 @@ from localize.pipeline.executors import LocalExecutor, make_executor
 ray = pytest.importorskip("ray", reason="optional extra [ray] not installed")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-NUM_QUERIES = 2  # 6 pairs: enough for two matching actors and a kill mid-stage
+NUM_QUERIES = 3
 
 
 def small_conf() -> dict:
