@@ -127,20 +127,27 @@ def test_killed_run_resumes_to_identical_poses(tiny, tiny_run, tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run(command(copy_caches(tiny_run.out, tmp_path / "reference")), check=True, **quiet)  # uninterrupted
-    out = copy_caches(tiny_run.out, tmp_path / "killed")
-    p = subprocess.Popen(command(out), **quiet)
-    # kill once some (not all) pair matches are on disk
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if len(list(out.glob("matches-*.parts/*.h5"))) >= 2 or p.poll() is not None:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, "the run finished before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert not (out / "poses.txt").exists()
-    done = len(list(out.glob("matches-*.parts/*.h5")))
-    assert done >= 1
-    subprocess.run(command(out), check=True, **quiet)
+    # the uninterrupted reference runs beside the run to be killed (one thread each: the two cores overlap)
+    reference = subprocess.Popen(command(copy_caches(tiny_run.out, tmp_path / "reference")), **quiet)
+    try:
+        out = copy_caches(tiny_run.out, tmp_path / "killed")
+        p = subprocess.Popen(command(out), **quiet)
+        # kill once some (not all) pair matches are on disk
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if len(list(out.glob("matches-*.parts/*.h5"))) >= 2 or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the run finished before it could be killed"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert not (out / "poses.txt").exists()
+        done = len(list(out.glob("matches-*.parts/*.h5")))
+        assert done >= 1
+        subprocess.run(command(out), check=True, **quiet)
+        assert reference.wait(timeout=300) == 0
+    finally:
+        if reference.poll() is None:  # a failed check above: leave no process behind
+            reference.kill()
+            reference.wait()
     assert (out / "poses.txt").read_text() == (tmp_path / "reference" / "poses.txt").read_text()

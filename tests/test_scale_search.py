@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_pipeline_conf
+from conftest import copy_caches, tiny_pipeline_conf
 
 from localize import run as runmod
 from localize.core.errors import ConfigError
@@ -41,15 +41,15 @@ def _run(tiny: Path, out: Path, qlist: Path, below: int, monkeypatch) -> tuple[l
         return real(model, img_a, img_b, *a, **k)
 
     monkeypatch.setattr(match_mod, "match_pyramid", counting)
-    conf = tiny_pipeline_conf(256)
+    conf = tiny_pipeline_conf(160)  # small: each searched pair is matched three times
     conf["scale_search"] = {"scales": [0.7071, 1.0, 1.4142], "below_inliers": below}
     runmod.main(conf, tiny / "queries" / "images", tiny / "db", out, "rgbd", qlist)
     return calls, len(poses)
 
 
-def test_weak_queries_are_matched_across_scales(tiny_building, tmp_path, monkeypatch):
+def test_weak_queries_are_matched_across_scales(tiny_building, tiny_run, tmp_path, monkeypatch):
     qlist = _two_queries(tiny_building, tmp_path)
-    out = tmp_path / "run"
+    out = copy_caches(tiny_run.out, tmp_path / "run")  # the session run's retrieval vocabulary and descriptors
     calls, _ = _run(tiny_building, out, qlist, 10**6, monkeypatch)  # every verified query is 'weak'
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     searched = [entry for entry in logs if entry["verified"]]
