@@ -49,10 +49,15 @@ def configuration_sizes(image_size: int, scale: float) -> tuple[int, int]:
     return int(round(image_size / scale)), int(image_size)
 
 
-def _tensor(model: NCNet, img: np.ndarray, long_side: int, device: torch.device) -> torch.Tensor:
-    """``img`` resized to ``long_side`` (sides multiples of the model's cell) as a [1, 3, h, w] tensor."""
+def _shape(model: NCNet, img: np.ndarray, long_side: int) -> tuple[int, int]:
+    """(h, w) of ``img`` resized to ``long_side`` px, sides multiples of the model's cell (at least two cells)."""
     mult = model.cell_multiple
-    return image_to_tensor(img, resized_shape(img.shape[0], img.shape[1], max(long_side, 2 * mult), mult), device)
+    return resized_shape(img.shape[0], img.shape[1], max(long_side, 2 * mult), mult)
+
+
+def _tensor(model: NCNet, img: np.ndarray, long_side: int, device: torch.device) -> torch.Tensor:
+    """``img`` resized to ``long_side`` (``_shape``) as a [1, 3, h, w] tensor."""
+    return image_to_tensor(img, _shape(model, img, long_side), device)
 
 
 def best_configuration_per_cell(cells: list[np.ndarray], scores: list[np.ndarray], n_cells: int) -> list[np.ndarray]:
@@ -120,8 +125,8 @@ def match_pyramid(model: NCNet, img_a: np.ndarray, img_b: np.ndarray, image_size
                 "scores": m["scores"].float().cpu().numpy()}
         runs.append((turns, part, rb, stride * img_a.shape[1] / ta.shape[-1],
                      stride * rb.shape[1] / tb.shape[-1]))
-    ta = _tensor(model, img_a, int(image_size), device)
-    grid = (ta.shape[-2] // stride * k, ta.shape[-1] // stride * k)
+    h_a, w_a = _shape(model, img_a, int(image_size))
+    grid = (h_a // stride * k, w_a // stride * k)
     cells = [base_cells(part["keypoints0"], grid, img_a.shape[:2]) for _, part, _, _, _ in runs]
     keeps = best_configuration_per_cell(cells, [part["scores"] for _, part, _, _, _ in runs], grid[0] * grid[1])
     parts = []
