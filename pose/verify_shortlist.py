@@ -4,7 +4,7 @@ For each (query, shortlisted database image): dense weight-free features of both
 regular grid, hard mutual nearest neighbours between the two grids, the database cells lifted to
 world points with the database depth, and one PnP-RANSAC; the shortlist is re-sorted by the
 number of inliers (ties keep the retrieval order). This is InLoc's "re-rank the top 100 with
-dense matches" done cheaply (~0.1 s per pair at 320 px on a CPU core), before the expensive NCNet.
+dense matches" done cheaply (coarse grid, no pose refinement), before the expensive NCNet.
 
 Library use: ``main(conf, shortlists, database, queries)``; CLI (also ``python -m retrieval.rerank``)::
 
@@ -72,8 +72,8 @@ def verify_config(conf: Mapping[str, Any] | VerifyConfig | None) -> VerifyConfig
 def mutual_nn(feat_a: torch.Tensor, feat_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard mutual nearest neighbours of L2-normalised features [C, Na], [C, Nb] -> flat indices (ia, ib)."""
     sim = feat_a.T @ feat_b
-    a2b = sim.argmax(dim=1)
-    b2a = sim.argmax(dim=0)
+    a2b = sim.max(dim=1).indices  # max(dim).indices: first maximum, like argmax, and faster along dim 0
+    b2a = sim.max(dim=0).indices
     ia = torch.nonzero(b2a[a2b] == torch.arange(len(a2b), device=a2b.device))[:, 0]
     return ia, a2b[ia]
 
@@ -133,8 +133,11 @@ class ShortlistVerifier:
         """
         fq, gq, hq = self.features(query_img)
         px_per_cell = self.conf.step * max(hq) / float(self.conf.image_size)
+        # only the inlier count is used: no non-linear refinement (most of pycolmap's time; its inlier mask is
+        # RANSAC's either way, so pycolmap's counts are the same with or without it)
         pnp = PnPConfig(backend=self.conf.backend, max_error=self.conf.max_error_cells * px_per_cell,
-                        max_num_trials=self.conf.max_num_trials, confidence=self.conf.confidence, seed=self.conf.seed)
+                        max_num_trials=self.conf.max_num_trials, confidence=self.conf.confidence, seed=self.conf.seed,
+                        refine=False)
         cam = camera.scaled(hq[1], hq[0]) if (camera.width, camera.height) != (hq[1], hq[0]) else camera
         out: dict[str, int] = {}
         for name in db_names:

@@ -130,3 +130,19 @@ def test_full_opencv_matches_cv2_and_undistort_is_robust():
     # the image corners must not overflow: finite or NaN, never inf/garbage
     corners = cam.backproject(np.array([[0.0, 0.0], [640.0, 480.0]]))
     assert not np.isinf(corners).any()
+
+
+def test_depth_to_world_with_distortion_equals_per_pixel_backprojection():
+    """The cached per-camera rays give exactly the per-pixel back-projection, for every depth map of that camera."""
+    cam = Camera("FULL_OPENCV", 64, 48, (60.0, 61.0, 31.0, 25.0, 0.2624, -0.9531, -0.0054, 0.0026, 1.1633, 0, 0, 0))
+    pose = look_at([0, 0, 1], [3, 1, 1])
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        depth = rng.uniform(0.5, 3.0, (48, 64))
+        depth[3, 5] = 0.0
+        xyz = depth_to_world(depth, cam, pose)
+        ref = pose.inverse().transform(cam.backproject(cam.pixel_grid().reshape(-1, 2), depth.reshape(-1)))
+        ref[depth.reshape(-1) <= 0] = np.nan
+        np.testing.assert_array_equal(xyz.reshape(-1, 3), ref)
+    with pytest.raises(ValueError, match="depth map is 10x10"):
+        depth_to_world(np.ones((10, 10)), cam, pose)

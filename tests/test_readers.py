@@ -315,3 +315,29 @@ def test_tum_bad_lists_name_their_line(tmp_path):
     with pytest.raises(DatabaseError) as exc:
         read_tum_frames(tmp_path)
     _one_line_error(exc, tmp_path / "groundtruth.txt", "line 2", "got 7 fields")
+
+
+def test_png_exif_orientation_read_without_decoding(tmp_path):
+    """PNG orientation comes from the eXIf chunk, before or after the pixel data (the PNG spec allows both)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from localize.core.records import image_header, load_rgb
+
+    stored = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "before.png", exif=exif.tobytes())
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    data = (tmp_path / "plain.png").read_bytes()
+    payload = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    iend = data.rindex(b"IEND") - 4
+    (tmp_path / "after.png").write_bytes(data[:iend] + chunk + data[iend:])
+    assert image_header(tmp_path / "plain.png").orientation == 1
+    for name in ("before.png", "after.png"):
+        h = image_header(tmp_path / name)
+        assert (h.orientation, h.size) == (6, (6, 4)), name
+        np.testing.assert_array_equal(load_rgb(tmp_path / name), np.rot90(stored, -1))

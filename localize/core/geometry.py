@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -329,12 +330,26 @@ class Camera:
         return {"model": self.model, "width": self.width, "height": self.height, "params": list(self.params)}
 
 
+@lru_cache(maxsize=4)
+def pixel_rays(camera: Camera) -> np.ndarray:
+    """Every pixel centre's z = 1 ray (x, y), row-major H*W x 2, lens distortion removed; read-only, kept per camera.
+
+    Database images of one scanner or sequence share one camera, so the iterative undistortion of a
+    whole image grid runs once per camera instead of once per depth map.
+    """
+    rays = camera.backproject(camera.pixel_grid().reshape(-1, 2), 1.0)[:, :2]
+    rays.flags.writeable = False
+    return rays
+
+
 def depth_to_world(depth: np.ndarray, camera: Camera, pose: Pose) -> np.ndarray:
     """z-depth map H x W (metres, 0/NaN = missing) -> world XYZ H x W x 3 (NaN where missing)."""
     H, W = depth.shape
-    uv = camera.pixel_grid().reshape(-1, 2)
+    if (camera.height, camera.width) != (H, W):
+        raise ValueError(f"depth map is {W}x{H}, camera is {camera.width}x{camera.height}")
     d = depth.reshape(-1).astype(np.float64)
-    X = camera.backproject(uv, np.where(np.isfinite(d), d, 0.0))
+    d = np.where(np.isfinite(d), d, 0.0)
+    X = np.concatenate([pixel_rays(camera) * d[:, None], d[:, None]], axis=1)
     Xw = pose.inverse().transform(X)
     bad = ~np.isfinite(d) | (d <= 0)
     Xw[bad] = np.nan

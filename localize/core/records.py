@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,24 @@ class ImageHeader:
         return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
 
 
+def _png_orientation(path: Path) -> int:
+    """EXIF orientation of a PNG file (1 when it has no eXIf chunk), read by skipping from chunk to chunk."""
+    with open(path, "rb") as f:
+        f.seek(8)  # signature
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return 1
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                exif = Image.Exif()
+                exif.load(f.read(length))
+                return int(exif.get(0x0112, 1) or 1)
+            if kind == b"IEND":
+                return 1
+            f.seek(length + 4, os.SEEK_CUR)  # data and CRC
+
+
 def image_header(path: str | Path) -> ImageHeader:
     """Size and EXIF orientation from the header (nothing decoded); OSError naming the file and the reason
     when it is empty, not an image, larger than ``max_megapixels()`` or mirrored by its EXIF orientation."""
@@ -119,7 +138,10 @@ def image_header(path: str | Path) -> ImageHeader:
             raise OSError(f"image {path} is an empty file")
         with Image.open(path) as im:
             w, h = im.size
-            orientation = int(im.getexif().get(0x0112, 1) or 1) if hasattr(im, "getexif") else 1
+            if im.format == "PNG":  # PIL's getexif() decodes a whole PNG to look past its pixel data
+                orientation = _png_orientation(path)
+            else:
+                orientation = int(im.getexif().get(0x0112, 1) or 1) if hasattr(im, "getexif") else 1
     except Image.DecompressionBombError as e:
         raise OSError(f"image {path} is too large ({e}); limit {max_megapixels():g} Mpx") from None
     except (OSError, ValueError, SyntaxError) as e:
