@@ -80,23 +80,24 @@ def render_points(points: np.ndarray, colours: np.ndarray, camera: Camera, pose:
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     cols = np.asarray(colours).reshape(-1, 3)
     ok = np.isfinite(pts).all(1)
-    pts, cols = pts[ok], cols[ok]
+    if not ok.all():
+        pts, cols = pts[ok], cols[ok]
     if len(pts) == 0:
         return rgb, np.zeros((H, W), dtype=bool), depth
     Xc = pose.transform(pts)
     uv, front = camera.project(Xc)
-    ix = np.floor(uv[:, 0])
-    iy = np.floor(uv[:, 1])
-    ins = front & np.isfinite(ix) & np.isfinite(iy) & (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-    lin = (iy[ins].astype(np.int64) * W + ix[ins].astype(np.int64))
-    z = Xc[ins, 2]
-    c = cols[ins]
-    order = np.lexsort((z, lin))  # by pixel, then nearest first
-    lin_s = lin[order]
-    first = np.ones(len(lin_s), dtype=bool)
-    first[1:] = lin_s[1:] != lin_s[:-1]
-    sel = order[first]
-    rgb.reshape(-1, 3)[lin[sel]] = c[sel].astype(np.uint8)
+    with np.errstate(invalid="ignore"):  # NaN projections fail every comparison: outside
+        ins = front & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    idx = np.flatnonzero(ins)
+    lin = uv[idx, 1].astype(np.int64) * W + uv[idx, 0].astype(np.int64)  # truncation = floor (all >= 0)
+    z = Xc[idx, 2]
+    # z-buffer: the nearest depth per pixel, then per pixel the first point (input order) at that depth
+    zbuf = np.full(H * W, np.inf)
+    np.minimum.at(zbuf, lin, z)
+    near = np.flatnonzero(z == zbuf[lin])
+    _, first = np.unique(lin[near], return_index=True)
+    sel = near[first]
+    rgb.reshape(-1, 3)[lin[sel]] = cols[idx[sel]].astype(np.uint8)
     depth.reshape(-1)[lin[sel]] = z[sel]
     mask = np.isfinite(depth)
     return rgb, mask, depth
