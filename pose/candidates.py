@@ -28,6 +28,7 @@ from localize.core.config import from_dict
 from localize.core.errors import InputError
 from localize.core.geometry import Camera, Pose
 from localize.core.records import DbImage
+from localize.core.threads import map_threads
 from pose.lifting import PointMapCache, lift_matches
 from pose.pnp import PnPConfig, PoseResult, estimate_pose
 
@@ -163,9 +164,10 @@ def estimate_candidates(camera: Camera, matches: Iterable[PairMatches], db: Mapp
         # stable sort: ties keep the retrieval order
         order = sorted(range(len(lifted)), key=lambda i: -len(lifted[i].p2))
         kept = [lifted[i] for i in order[: conf.top_n]]
-        cands = [] if (conf.pooled and conf.pooled_only) else [_candidate(lf, camera, conf.pnp) for lf in kept]
+        cands = [] if (conf.pooled and conf.pooled_only) else map_threads(lambda lf: _candidate(lf, camera, conf.pnp),
+                                                                           kept)
     elif conf.order_by == "inliers":
-        allc = [_candidate(lf, camera, conf.pnp) for lf in lifted]
+        allc = map_threads(lambda lf: _candidate(lf, camera, conf.pnp), lifted)
         allc.sort(key=_sort_key)
         cands = allc[: conf.top_n]
         names = {c.db_name for c in cands}

@@ -239,11 +239,15 @@ def db_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None
                 cache.move_to_end(n)
             else:
                 cache[n] = db_point_cloud(db[n], conf.point_stride)
+                for a in cache[n]:
+                    a.flags.writeable = False  # handed out as they are: shared by every later caller
                 while len(cache) > max(conf.cache_size, 1):
                     cache.popitem(last=False)
             parts.append(cache[n])
         if not parts:
             return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+        if len(parts) == 1:  # the cached (read-only) arrays themselves
+            return parts[0]
         return np.concatenate([p for p, _ in parts]), np.concatenate([c for _, c in parts])
 
     return get

@@ -41,6 +41,7 @@ from localize.core.formats import read_pairs, write_pairs
 from localize.core.geometry import Camera
 from localize.core.hloc import NAME_STYLES, resolve_pairs, to_hloc_name
 from localize.core.records import DbImage, load_rgb
+from localize.core.threads import map_threads
 from matching.extract import cell_to_pixels
 from matching.features import build_features
 from matching.preprocess import image_to_tensor, resized_shape
@@ -140,6 +141,7 @@ class ShortlistVerifier:
                         refine=False)
         cam = camera.scaled(hq[1], hq[0]) if (camera.width, camera.height) != (hq[1], hq[0]) else camera
         out: dict[str, int] = {}
+        problems: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, query pixels, world points)
         for name in db_names:
             if name not in self.database:
                 logger.warning("verification: %s is not in the database", name)
@@ -147,15 +149,18 @@ class ShortlistVerifier:
                 continue
             try:
                 d = self._db_features(name)
-                ia, ib = mutual_nn(fq, d.features)
-                ib_np = ib.cpu().numpy()
-                ok = d.lifted[ib_np]
-                p2 = cell_centers(ia.cpu().numpy(), gq, hq)
-                res = estimate_pose(p2[ok], d.points3d[ib_np][ok], cam, pnp)
-                out[name] = int(res.num_inliers) if res.success else 0
             except PER_ITEM_ERRORS as e:  # one bad database image must not stop the query
                 logger.warning("verification: %s: %s", name, e)
                 out[name] = 0
+                continue
+            ia, ib = mutual_nn(fq, d.features)
+            ib_np = ib.cpu().numpy()
+            ok = d.lifted[ib_np]
+            problems.append((name, cell_centers(ia.cpu().numpy(), gq, hq)[ok], d.points3d[ib_np][ok]))
+        # the PnP problems are independent and pycolmap releases the GIL: solved on the thread budget
+        results = map_threads(lambda pr: estimate_pose(pr[1], pr[2], cam, pnp), problems)
+        for (name, _, _), res in zip(problems, results):
+            out[name] = int(res.num_inliers) if res.success else 0
         return out
 
 

@@ -21,7 +21,9 @@ def test_triangle_filter_matches_explicit_convolution():
         p = b - 1
         ref = F.conv2d(F.pad(x.reshape(6, 1, 23, 31), (p, p, 0, 0)), k.view(1, 1, 1, -1))
         ref = F.conv2d(F.pad(ref, (0, 0, p, p)), k.view(1, 1, -1, 1)).reshape(2, 3, 23, 31)
-        torch.testing.assert_close(triangle_filter(x, b), ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(triangle_filter(x, b), ref, rtol=1e-10, atol=1e-10)  # OpenCV path
+        xg = x.clone().requires_grad_(True)  # the torch path (autograd input)
+        torch.testing.assert_close(triangle_filter(xg, b).detach(), ref, rtol=1e-10, atol=1e-10)
 
 
 def test_box_mean_equals_average_pooling():

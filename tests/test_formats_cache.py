@@ -132,3 +132,20 @@ def test_killed_write_leaves_no_visible_entry(tmp_path):
     assert all(k in ("done", "huge") for k in c.keys())  # noqa: SIM118 - StageCache.keys() is the API under test
     c.finalize()
     assert StageCache(tmp_path, "s", {"v": 1}).get("done")["x"].sum() == 3
+
+
+def test_part_torn_by_a_power_cut_is_moved_aside_and_recomputed(tmp_path):
+    """Parts are not fsynced: one left empty or cut short must read as missing, never as data."""
+    c = StageCache(tmp_path, "matches", {"size": 400})
+    c.put("q1/d1", {"x": np.arange(3.0)})
+    c.put("q1/d2", {"x": np.arange(4.0)})
+    c.put("q1/d3", {"x": np.arange(5.0)})
+    empty, cut = c._part("q1/d2"), c._part("q1/d3")
+    empty.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[:200])
+    again = StageCache(tmp_path, "matches", {"size": 400})
+    assert again.has("q1/d1") and not again.has("q1/d2") and not again.has("q1/d3")
+    assert len(list(c.parts_dir.glob("*.corrupt-*"))) == 2
+    again.put("q1/d2", {"x": np.arange(4.0)})
+    again.finalize()
+    np.testing.assert_array_equal(StageCache(tmp_path, "matches", {"size": 400}).get("q1/d2")["x"], np.arange(4.0))

@@ -51,3 +51,32 @@ def test_cli_has_threads_option():
     assert p.parse_args(["--demo"]).threads is None
     with pytest.raises(SystemExit):
         p.parse_args(["--demo", "--threads", "0"])
+
+
+def test_map_threads_keeps_order_uses_the_budget_and_raises(restore_threads):
+    import threading
+    import time
+
+    threads._budget = 2
+    seen: set[str] = set()
+
+    def work(x: int) -> int:
+        seen.add(threading.current_thread().name)
+        time.sleep(0.01)  # releases the GIL, like pycolmap's RANSAC
+        return x * x
+
+    assert threads.map_threads(work, range(8)) == [x * x for x in range(8)]
+    assert len(seen) == 2 and all(n.startswith("ncloc") for n in seen)
+    threads._budget = 1
+    seen.clear()
+    assert threads.map_threads(work, [3, 4]) == [9, 16]
+    assert seen == {threading.current_thread().name}  # a budget of one runs in the caller
+    threads._budget = 2
+
+    def bad(x: int) -> int:
+        if x == 2:
+            raise ZeroDivisionError("item 2")
+        return x
+
+    with pytest.raises(ZeroDivisionError, match="item 2"):
+        threads.map_threads(bad, range(4))

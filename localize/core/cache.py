@@ -277,8 +277,11 @@ class StageCache:
 
     def put(self, key: str, data: Mapping[str, Any], fp: str = "") -> None:
         """Store arrays (numpy-convertible), strings (attributes) and nested dicts under ``key``, atomically,
-        with ``fp`` the fingerprint of the inputs it was computed from (written, flushed, fsynced, renamed)."""
-        with atomic_path(self._part(key)) as tmp, h5py.File(tmp, "w") as f:
+        with ``fp`` the fingerprint of the inputs it was computed from (written to a temporary name, renamed).
+
+        Not fsynced: a part torn by a power cut cannot be opened, so it is moved aside and recomputed like any
+        corrupt part; ``finalize`` writes the merged file durably."""
+        with atomic_path(self._part(key), durable=False) as tmp, h5py.File(tmp, "w") as f:
             self._attrs(f)
             f.attrs["__key__"] = key
             g = f.create_group("entry")

@@ -51,20 +51,26 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Temporary path beside ``path`` for name-based writers (faiss, torch): renamed over it only if the block succeeds."""
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
+    """Temporary path beside ``path`` for name-based writers (faiss, torch): renamed over it only if the block succeeds.
+
+    ``durable``: the file and the rename are flushed to disk (fsync) as well, so they survive a power cut; a
+    killed process never leaves a partial file either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp_next_to(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

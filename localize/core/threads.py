@@ -9,7 +9,9 @@ default n = the cores this process may run on (``os.sched_getaffinity``). Applie
   never from inside one, so the two pools never run at the same time;
 * BLAS / OpenMP libraries loaded by numpy, OpenCV and FAISS = n, through ``threadpoolctl``; FAISS's own
   OpenMP pool = n;
-* the native conv4d pool (``matching.native``) reads ``num_threads()``.
+* the native conv4d pool (``matching.native``) reads ``num_threads()``;
+* ``map_threads`` runs independent single-threaded calls that release the GIL (pycolmap's RANSAC) on up to
+  n threads of this module's pool, never from inside another parallel region.
 
 No pool is set larger than n, so work never nests n threads inside n threads.
 """
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import faiss
@@ -28,6 +33,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 logger = logging.getLogger(__name__)
 
 _budget: int | None = None
+_pool: ThreadPoolExecutor | None = None
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -88,3 +96,18 @@ def apply_thread_budget(threads: int | None = None) -> ThreadBudget:
     logger.info("thread budget %d: torch %d (+%d inter-op), OpenCV %d, BLAS %s, FAISS %s", n, out.torch_intra,
                 out.torch_interop, out.opencv, blas, n)
     return out
+
+
+def map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on up to ``num_threads()`` threads, results in input order; for independent
+    single-threaded calls that release the GIL. An exception of any call is raised here, as in the loop."""
+    global _pool
+    items = list(items)
+    n = min(num_threads(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    if _pool is None or _pool._max_workers != num_threads():
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="ncloc")
+    return list(_pool.map(fn, items))
