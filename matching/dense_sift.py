@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,43 +37,15 @@ def _triangle_kernel(bin_size: int, device: torch.device, dtype: torch.dtype) ->
     return 1.0 - r.abs() / bin_size
 
 
-def _opencv_path(x: torch.Tensor) -> bool:
-    """True for tensors OpenCV can filter in place of torch: CPU float32/float64 without autograd."""
-    return x.device.type == "cpu" and not x.requires_grad and x.dtype in (torch.float32, torch.float64)
-
-
-def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over every size x size window of [..., H, W] (valid positions only: [..., H-size+1, W-size+1]).
-
-    CPU float tensors without gradient go through OpenCV's running-sum box filter (all planes stacked
-    into one tall image; a valid window never straddles two planes); anything else through avg_pool2d.
-    """
-    H, W = x.shape[-2:]
-    if not _opencv_path(x) or size > min(H, W):
-        return F.avg_pool2d(x.reshape(-1, 1, H, W), size, stride=1).reshape(*x.shape[:-2], H - size + 1,
-                                                                             W - size + 1)
-    planes = x.contiguous().reshape(-1, W).numpy()
-    s = size // 2  # OpenCV's default anchor: the window of output row i starts at row i - size // 2
-    out = torch.from_numpy(cv2.blur(planes, (size, size))).reshape(x.shape)
-    return out[..., s:s + H - size + 1, s:s + W - size + 1]
-
-
 def triangle_filter(x: torch.Tensor, bin_size: int) -> torch.Tensor:
     """Separable triangular filter (weights 1 - |r|/bin_size, |r| < bin_size) of [B, C, H, W], zero padded.
 
-    CPU float tensors without gradient: one OpenCV separable filter over all planes stacked into one tall
-    image, b - 1 zero rows above each plane (the zero padding between planes); otherwise two box filters
-    of width b over the zero-padded input (the first covers [i - b + 1, i], the second shifts back by b - 1).
+    Computed as two box filters of width ``bin_size`` over the zero-padded input (the first covers
+    [i - b + 1, i], the second shifts back by b - 1), exact and much faster than a 1-channel conv.
     """
     b = bin_size
-    if _opencv_path(x):
-        B, C, H, W = x.shape
-        planes = F.pad(x.reshape(B * C, H, W), (0, 0, b - 1, 0))
-        k = (1.0 - np.abs(np.arange(1 - b, b)) / b).astype(planes.numpy().dtype)
-        out = cv2.sepFilter2D(planes.reshape(-1, W).numpy(), -1, k, k, borderType=cv2.BORDER_CONSTANT)
-        return torch.from_numpy(out).reshape(B * C, H + b - 1, W)[:, b - 1:].reshape(B, C, H, W)
     y = F.pad(x, (b - 1, b - 1, b - 1, b - 1))
-    y = box_mean(box_mean(y, b), b)
+    y = F.avg_pool2d(F.avg_pool2d(y, (b, b), stride=1), (b, b), stride=1)
     return y * (b * b)
 
 
@@ -103,33 +74,6 @@ def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
     return out
 
 
-def sample_cells(filt: torch.Tensor, step: int, bin_size: int, h: int, w: int) -> torch.Tensor:
-    """Binned orientation maps [B, C, H, W] sampled at the 4 x 4 cell centres of every descriptor of an h x w
-    grid -> [B, 16 * C, h, w] (cell-major, orientation-minor), zero outside the image.
-
-    Cell (m, n) of descriptor (i, j) is centred at array position (i * step + step/2 - 1/2 + (m - 3/2) * bin_size,
-    j * step + ...): a whole or half pixel on each axis, so bilinear sampling is a plain read, or the mean of
-    the two neighbouring pixels, of a zero-padded map: slices with stride ``step``, no interpolation grid.
-    """
-    B, C, H, W = filt.shape
-    first = [step / 2.0 - 0.5 + (m - (NUM_CELLS - 1) / 2.0) * bin_size for m in range(NUM_CELLS)]
-    half = first[0] % 1.0 != 0.0  # the same fraction (0 or 1/2) for every cell of an axis
-    last = int(math.floor(first[-1])) + 2  # one past the farthest pixel a cell of the first descriptor reads
-    pad = max(0, -int(math.floor(first[0])))
-    fp = F.pad(filt, (pad, max(0, last + (w - 1) * step - W), pad, max(0, last + (h - 1) * step - H)))
-    starts = [int(math.floor(p)) + pad for p in first]
-
-    def grid(y0: int, x0: int) -> torch.Tensor:  # pixels (y0 + i * step, x0 + j * step) of the padded map
-        return fp[..., y0:y0 + (h - 1) * step + 1:step, x0:x0 + (w - 1) * step + 1:step]
-
-    if half:  # the bilinear sample half-way between four pixels is their mean
-        parts = [0.25 * (grid(y0, x0) + grid(y0, x0 + 1) + grid(y0 + 1, x0) + grid(y0 + 1, x0 + 1))
-                 for y0 in starts for x0 in starts]
-    else:
-        parts = [grid(y0, x0) for y0 in starts for x0 in starts]
-    return torch.stack(parts, dim=1).reshape(B, NUM_CELLS * NUM_CELLS * C, h, w)
-
-
 def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: float = 0.0,
                    contrast_eps: float = 1e-3, min_contrast: float = 0.0) -> torch.Tensor:
     """Dense RootSIFT of grey images [B, 1, H, W] (0..1) -> [B, 128, H//step, W//step].
@@ -149,7 +93,23 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
     omaps = orientation_maps(gray, sigma)
     # bilinear spatial binning = separable triangular filter (two box filters), then sampling at cell centres
     filt = triangle_filter(omaps, bin_size)
-    desc = sample_cells(filt, step, bin_size, h, w)  # cell-major, orientation-minor
+    C = NUM_ORIENTATIONS
+    # descriptor centres in array coordinates (pixel centre convention: x_arr = x_pix - 0.5)
+    cx = torch.arange(w, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
+    cy = torch.arange(h, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
+    offsets = (torch.arange(NUM_CELLS, device=gray.device, dtype=gray.dtype) - (NUM_CELLS - 1) / 2.0) * bin_size
+    parts = []
+    for oy in offsets:
+        for ox in offsets:
+            xs = cx + ox
+            ys = cy + oy
+            # normalised coordinates for grid_sample with align_corners=True: -1 <-> 0, +1 <-> W-1
+            gx = 2 * xs / max(W - 1, 1) - 1
+            gy = 2 * ys / max(H - 1, 1) - 1
+            grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+            grid = grid.unsqueeze(0).expand(B, h, w, 2)
+            parts.append(F.grid_sample(filt, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
+    desc = torch.stack(parts, dim=1).reshape(B, NUM_CELLS * NUM_CELLS * C, h, w)  # cell-major, orientation-minor
     energy = desc.sum(dim=1, keepdim=True) / (NUM_CELLS * NUM_CELLS * bin_size * bin_size)  # mean |grad| per px
     # SIFT normalisation, clipping, then RootSIFT
     desc = desc / (desc.norm(dim=1, keepdim=True) + contrast_eps)

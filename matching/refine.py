@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from matching.dense_sift import box_mean, to_gray
+from matching.dense_sift import to_gray
 
 FIXED_IMAGES = ("a", "b")
 
@@ -76,8 +76,8 @@ def ncc_maps(templates: Tensor, regions: Tensor) -> Tensor:
     t = templates - templates.mean(dim=(1, 2), keepdim=True)
     t_norm = t.flatten(1).norm(dim=1)
     num = F.conv2d(regions[None], t[:, None], groups=n)[0]  # [N, S, S]
-    mean = box_mean(regions[:, None], p)[:, 0]
-    mean_sq = box_mean(regions[:, None] ** 2, p)[:, 0]
+    mean = F.avg_pool2d(regions[:, None], p, stride=1)[:, 0]
+    mean_sq = F.avg_pool2d(regions[:, None] ** 2, p, stride=1)[:, 0]
     w_norm = torch.sqrt(torch.clamp(mean_sq - mean ** 2, min=0.0) * (p * p))
     return num / (t_norm[:, None, None] * w_norm + 1e-6)
 
