@@ -66,6 +66,15 @@ def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
 
 
+def window_means(x: Tensor, size: int) -> Tensor:
+    """Mean of every size x size window of each of N planes [N, H, W] -> [N, H - size + 1, W - size + 1].
+
+    The planes go in the channel axis of one channels-last image, so the pooling is vectorised across them;
+    each window is still summed in the same order as ``avg_pool2d`` on [N, 1, H, W] (identical results).
+    """
+    return F.avg_pool2d(x[None].contiguous(memory_format=torch.channels_last), size, stride=1)[0]
+
+
 def ncc_maps(templates: Tensor, regions: Tensor) -> Tensor:
     """NCC of templates [N, P, P] at every position of regions [N, P + 2R, P + 2R] -> [N, 2R + 1, 2R + 1].
 
@@ -76,8 +85,8 @@ def ncc_maps(templates: Tensor, regions: Tensor) -> Tensor:
     t = templates - templates.mean(dim=(1, 2), keepdim=True)
     t_norm = t.flatten(1).norm(dim=1)
     num = F.conv2d(regions[None], t[:, None], groups=n)[0]  # [N, S, S]
-    mean = F.avg_pool2d(regions[:, None], p, stride=1)[:, 0]
-    mean_sq = F.avg_pool2d(regions[:, None] ** 2, p, stride=1)[:, 0]
+    mean = window_means(regions, p)
+    mean_sq = window_means(regions ** 2, p)
     w_norm = torch.sqrt(torch.clamp(mean_sq - mean ** 2, min=0.0) * (p * p))
     return num / (t_norm[:, None, None] * w_norm + 1e-6)
 
