@@ -37,6 +37,26 @@ def _triangle_kernel(bin_size: int, device: torch.device, dtype: torch.dtype) ->
     return 1.0 - r.abs() / bin_size
 
 
+def window_means(x: torch.Tensor, size: int, min_planes: int = 64) -> torch.Tensor:
+    """Mean of every size x size window of each plane of [P, H, W] -> [P, H - size + 1, W - size + 1].
+
+    The same numbers as ``avg_pool2d`` on [P, 1, H, W] (each window summed in the same order), faster on a
+    CPU: the planes go in the channel axis of one channels-last image, so the pooling is vectorised across
+    them; with fewer than ``min_planes`` planes, each is cut into horizontal strips (overlapping by size - 1
+    rows) that become extra channels.
+    """
+    p, h, w = x.shape
+    ho = h - size + 1
+    strips = max(1, min(ho, -(-min_planes // p)))
+    rows = -(-ho // strips)  # output rows per strip (the last strip's extra rows are dropped)
+    if strips > 1:
+        x = F.pad(x, (0, 0, 0, rows * strips - ho))
+        idx = torch.arange(strips)[:, None] * rows + torch.arange(rows + size - 1)[None]
+        x = x[:, idx.reshape(-1)].reshape(p * strips, rows + size - 1, w)
+    out = F.avg_pool2d(x[None].contiguous(memory_format=torch.channels_last), size, stride=1)[0]
+    return out.reshape(p, strips * rows, w - size + 1)[:, :ho]
+
+
 def triangle_filter(x: torch.Tensor, bin_size: int) -> torch.Tensor:
     """Separable triangular filter (weights 1 - |r|/bin_size, |r| < bin_size) of [B, C, H, W], zero padded.
 
@@ -44,9 +64,10 @@ def triangle_filter(x: torch.Tensor, bin_size: int) -> torch.Tensor:
     [i - b + 1, i], the second shifts back by b - 1), exact and much faster than a 1-channel conv.
     """
     b = bin_size
-    y = F.pad(x, (b - 1, b - 1, b - 1, b - 1))
-    y = F.avg_pool2d(F.avg_pool2d(y, (b, b), stride=1), (b, b), stride=1)
-    return y * (b * b)
+    B, C, H, W = x.shape
+    y = F.pad(x, (b - 1, b - 1, b - 1, b - 1)).reshape(B * C, H + 2 * b - 2, W + 2 * b - 2)
+    y = window_means(window_means(y, b), b)
+    return y.reshape(B, C, H, W) * (b * b)
 
 
 def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:

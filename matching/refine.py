@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from matching.dense_sift import to_gray
+from matching.dense_sift import to_gray, window_means
 
 FIXED_IMAGES = ("a", "b")
 
@@ -64,15 +64,6 @@ def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:
     grid = torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], dim=-1)
     img = gray[None, None].expand(len(centers), 1, H, W)
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
-
-
-def window_means(x: Tensor, size: int) -> Tensor:
-    """Mean of every size x size window of each of N planes [N, H, W] -> [N, H - size + 1, W - size + 1].
-
-    The planes go in the channel axis of one channels-last image, so the pooling is vectorised across them;
-    each window is still summed in the same order as ``avg_pool2d`` on [N, 1, H, W] (identical results).
-    """
-    return F.avg_pool2d(x[None].contiguous(memory_format=torch.channels_last), size, stride=1)[0]
 
 
 def ncc_maps(templates: Tensor, regions: Tensor) -> Tensor:

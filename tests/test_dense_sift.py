@@ -4,7 +4,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from matching.dense_sift import _triangle_kernel, dense_rootsift, dense_rootsift_image, grid_centers, triangle_filter
+from matching.dense_sift import (
+    _triangle_kernel,
+    dense_rootsift,
+    dense_rootsift_image,
+    grid_centers,
+    triangle_filter,
+    window_means,
+)
 
 
 def test_triangle_filter_matches_explicit_convolution():
@@ -15,6 +22,15 @@ def test_triangle_filter_matches_explicit_convolution():
         ref = F.conv2d(F.pad(x.reshape(6, 1, 23, 31), (p, p, 0, 0)), k.view(1, 1, 1, -1))
         ref = F.conv2d(F.pad(ref, (0, 0, p, p)), k.view(1, 1, -1, 1)).reshape(2, 3, 23, 31)
         torch.testing.assert_close(triangle_filter(x, b), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_window_means_equal_average_pooling_of_each_plane():
+    """Exactly avg_pool2d's numbers (features, refined matches and poses unchanged), with and without strips."""
+    g = torch.Generator().manual_seed(0)
+    for planes, side, size in ((37, 47, 15), (1, 61, 8), (8, 254, 8), (3, 20, 7), (2, 9, 9)):
+        x = torch.rand(planes, side, side + 3, generator=g)
+        ref = F.avg_pool2d(x[:, None], size, stride=1)[:, 0]
+        assert torch.equal(window_means(x, size), ref), (planes, side, size)
 
 
 def test_descriptor_shape_norm_and_grid():

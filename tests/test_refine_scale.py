@@ -90,15 +90,3 @@ def test_common_scale_rule() -> None:
     with pytest.raises(ValueError, match="max_scale_ratio"):
         RefineConfig(max_scale_ratio=0.5)
 
-
-def test_window_means_equal_average_pooling_of_each_plane() -> None:
-    """The channels-last pooling must give exactly avg_pool2d's numbers (refined matches, hence poses, unchanged)."""
-    import torch
-    import torch.nn.functional as F
-
-    from matching.refine import window_means
-
-    g = torch.Generator().manual_seed(0)
-    for n, side, size in ((37, 47, 15), (5, 20, 7), (1, 9, 9)):
-        x = torch.rand(n, side, side, generator=g)
-        assert torch.equal(window_means(x, size), F.avg_pool2d(x[:, None], size, stride=1)[:, 0])
