@@ -50,7 +50,7 @@ class DensePVConfig:
     min_coverage: float = 0.5  # fraction of a descriptor's 4x4-cell support that must be rendered
     min_grid_points: int = 16  # fewer valid grid points -> score 0
     point_stride: int = 1  # subsample DB point maps (rows and columns) when building point clouds
-    cache_size: int = 16  # point clouds kept in memory by order_by_densepv
+    cache_mb: int = 1024  # point clouds kept in memory across queries (MiB, least recently used dropped)
     whole_scan: bool = False  # render every cutout of the candidate's scan (InLoc), not only its own image(s)
     scan_stride: int = 4  # with whole_scan: point subsampling (rows and columns) of each cutout
 
@@ -228,9 +228,12 @@ PointSource = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
 
 def db_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None) -> PointSource:
-    """Callable: DB image names -> concatenated (points, colours), with a small LRU cache."""
+    """Callable: DB image names -> concatenated (points, colours), clouds kept in an LRU of ``conf.cache_mb`` MiB
+    (the newest always stays)."""
     conf = conf or DensePVConfig()
     cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+    limit = int(conf.cache_mb) * 2**20
+    held = [0]  # bytes in the cache
 
     def get(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = []
@@ -241,8 +244,9 @@ def db_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = None
                 cache[n] = db_point_cloud(db[n], conf.point_stride)
                 for a in cache[n]:
                     a.flags.writeable = False  # handed out as they are: shared by every later caller
-                while len(cache) > max(conf.cache_size, 1):
-                    cache.popitem(last=False)
+                    held[0] += a.nbytes
+                while held[0] > limit and len(cache) > 1:
+                    held[0] -= sum(a.nbytes for a in cache.popitem(last=False)[1])
             parts.append(cache[n])
         if not parts:
             return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
@@ -265,7 +269,7 @@ def scan_point_source(db: Mapping[str, DbImage], conf: DensePVConfig | None = No
     by_scan: dict[str, list[str]] = {}
     for n in db:
         by_scan.setdefault(str(Path(n).parent), []).append(n)
-    per_image = db_point_source(db, dataclasses.replace(conf, point_stride=stride, cache_size=max(conf.cache_size, 64)))
+    per_image = db_point_source(db, dataclasses.replace(conf, point_stride=stride))
 
     def get(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         scans = sorted({str(Path(n).parent) for n in names})

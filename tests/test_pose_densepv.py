@@ -156,6 +156,36 @@ def test_scan_point_source_groups_cutouts(tmp_path: Path) -> None:
     assert len(P) == 24 and set(P[:, 2]) == {2.0}
 
 
+def test_point_clouds_kept_within_the_byte_bound(tmp_path: Path) -> None:
+    """Each cloud is read once while the clouds fit in cache_mb; beyond it the least recently used is read again."""
+    from datasets.rgbd_folder import write_image
+
+    write_image(tmp_path / "c.png", np.full((256, 256, 3), 7, np.uint8))
+    cam = Camera.pinhole(256, 256, 200.0)  # one cloud: 65,536 points = 1.75 MiB (float64 xyz + uint8 rgb)
+    reads: list[str] = []
+
+    def rec(name: str) -> DbImage:
+        return DbImage(name, tmp_path / "c.png", cam, Pose.identity(),
+                       lambda: reads.append(name) or np.ones((256, 256, 3)))
+
+    db = {n: rec(n) for n in "abc"}
+    roomy = point_source(db, DensePVConfig(cache_mb=16))
+    for n in "abcabc":
+        P, C = roomy([n])
+        assert len(P) == 65536 and not P.flags.writeable and not C.flags.writeable
+    assert reads == ["a", "b", "c"]
+    reads.clear()
+    tight = point_source(db, DensePVConfig(cache_mb=4))  # two clouds fit
+    for n in "abcab":
+        tight([n])
+    assert reads == ["a", "b", "c", "a", "b"]  # c pushed a out, a pushed b out
+    reads.clear()
+    tiny = point_source(db, DensePVConfig(cache_mb=1))  # none fits: only the newest stays
+    for n in "aaba":
+        assert len(tiny([n])[0]) == 65536
+    assert reads == ["a", "b", "a"]
+
+
 def test_whole_scan_renders_the_other_cutouts_of_the_scan(room, tmp_path: Path) -> None:
     """A candidate whose own cutout has almost no points is scored from its whole scan only with whole_scan=True."""
     q_rgb, q_pose, P, C = room
