@@ -447,14 +447,14 @@ def main() -> None:
                    help="TUM intrinsics (database and queries)")
     p.add_argument("--out", default=None)
     p.add_argument("--threads", type=int, default=None,
-                   help="thread budget (localize.core.threads; default: the available cores)")
+                   help="thread budget (localize.core.threads; default: the available cores less the busy ones)")
     p.add_argument("--busy-core", action="store_true",
                    help="run a competing single-core busy loop, pinned to one core, for the benchmark's duration")
     p.add_argument("--no-baseline", action="store_true", help="tum: skip the SIFT+PnP baseline")
     a = p.parse_args()
     a.conf = a.conf or "default"
-    a.threads_applied = apply_thread_budget(a.threads).threads
-    with busy_core(a.busy_core):
+    with busy_core(a.busy_core):  # the budget is chosen with the competing loop already running, as a user's run
+        a.threads_applied = apply_thread_budget(a.threads).threads
         {"tum": bench_tum, "synthetic": bench_synthetic, "inloc-size": bench_inloc_size}[a.what](a)
 
 

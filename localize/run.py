@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse images larger than this many megapixels (default 40; env {MAX_MEGAPIXELS_ENV})")
     p.add_argument("--threads", type=positive_int, default=None,
                    help=f"one thread budget for torch, OpenCV, BLAS and the native pool (default: the available "
-                        f"cores, here {available_cores()})")
+                        f"cores, here {available_cores()}, less those other processes keep busy at the start)")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import cv2
 import faiss
@@ -39,8 +40,14 @@ def test_budget_applies_to_every_pool(restore_threads):
     assert out.blas == 1 and all(p["num_threads"] == 1 for p in threadpool_info())
     assert faiss.omp_get_max_threads() == 1
     assert torch.get_num_interop_threads() == out.torch_interop
-    out = threads.apply_thread_budget(None)  # default: the available cores
-    assert out.threads == threads.available_cores() == torch.get_num_threads() == cv2.getNumThreads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threads, "busy_other_cores", lambda interval=0.3: 0.2)  # default: the available cores ...
+        out = threads.apply_thread_budget(None)
+        assert out.threads == threads.available_cores() == torch.get_num_threads() == cv2.getNumThreads()
+        mp.setattr(threads, "busy_other_cores", lambda interval=0.3: 1.1)  # ... less the ones kept busy by others
+        assert threads.apply_thread_budget(None).threads == max(1, threads.available_cores() - 1)
+        mp.setattr(threads, "busy_other_cores", lambda interval=0.3: 64.0)
+        assert threads.apply_thread_budget(None).threads == 1
     with pytest.raises(ValueError):
         threads.apply_thread_budget(-2)
 
@@ -80,3 +87,30 @@ def test_map_threads_keeps_order_uses_the_budget_and_raises(restore_threads):
 
     with pytest.raises(ZeroDivisionError, match="item 2"):
         threads.map_threads(bad, range(4))
+
+
+def _spin(core: int, niceness: int) -> None:
+    os.sched_setaffinity(0, {core})
+    os.nice(niceness)
+    while True:
+        pass
+
+
+@pytest.mark.parametrize("niceness", [0, 19])
+def test_busy_other_cores_sees_a_busy_process_but_not_a_niced_one(niceness):
+    import multiprocessing as mp
+
+    before = threads.busy_other_cores(0.5)
+    core = max(os.sched_getaffinity(0))
+    proc = mp.get_context("fork").Process(target=_spin, args=(core, niceness), daemon=True)
+    proc.start()
+    try:
+        time.sleep(0.2)
+        busy = threads.busy_other_cores(0.5)
+    finally:
+        proc.kill()
+        proc.join()
+    if niceness == 0:
+        assert busy >= before + 0.6  # the spinning process holds one core
+    else:
+        assert busy < before + 0.4  # a niced one yields to us: not counted

@@ -1,7 +1,9 @@
 """One thread budget for the whole process: torch, OpenCV, BLAS / OpenMP pools, FAISS and the native conv4d pool.
 
 ``apply_thread_budget(n)`` is called once, early (``python -m localize.run --threads N``, the benchmarks);
-default n = the cores this process may run on (``os.sched_getaffinity``). Applied to:
+default n = the cores this process may run on (``os.sched_getaffinity``) less the cores other processes keep
+busy when it starts (``busy_other_cores``: a core shared with a busy process makes every statically split
+parallel loop wait for the thread that runs there at half speed). Applied to:
 
 * torch intra-op threads = n (its OpenMP pool, its MKL / oneDNN kernels follow it); inter-op threads = 1:
   the pipeline has no inter-op parallelism, and each inter-op task would run its own n intra-op threads;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +61,42 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _cpu_ticks(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks of these CPUs since boot (/proc/stat); niced processes' time counts as idle."""
+    busy = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+                continue
+            v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+            busy += v[0] + v[2] + v[5] + v[6]
+            total += sum(v)
+    return busy, total
+
+
+def busy_other_cores(interval: float = 0.3) -> float:
+    """Cores of this process's affinity kept busy by other (not niced) processes over ``interval`` s; 0 off Linux."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    try:
+        b0, t0 = _cpu_ticks(cpus)
+        own0 = sum(os.times()[:2])
+        time.sleep(interval)
+        b1, t1 = _cpu_ticks(cpus)
+        own1 = sum(os.times()[:2])
+    except (OSError, ValueError):
+        return 0.0
+    if t1 <= t0:
+        return 0.0
+    own = (own1 - own0) * os.sysconf("SC_CLK_TCK")  # this process's ticks in the interval
+    return max(0.0, (b1 - b0 - own) / (t1 - t0) * len(cpus))
+
+
+def default_threads() -> int:
+    """The default budget: available cores less the cores other processes keep busy (rounded), at least 1."""
+    return max(1, available_cores() - int(busy_other_cores() + 0.5))
+
+
 def num_threads() -> int:
     """The thread budget set by ``apply_thread_budget``, else torch's intra-op thread count."""
     return _budget if _budget is not None else torch.get_num_threads()
@@ -81,9 +120,9 @@ def _set_blas(n: int) -> int:
 
 
 def apply_thread_budget(threads: int | None = None) -> ThreadBudget:
-    """Size every thread pool of the process to ``threads`` (default: ``available_cores()``); see the module."""
+    """Size every thread pool of the process to ``threads`` (default: ``default_threads()``); see the module."""
     global _budget
-    n = int(threads) if threads else available_cores()
+    n = int(threads) if threads else default_threads()
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     _budget = n
