@@ -19,7 +19,7 @@ from matching.configuration_search import (
     turn_image,
     unturn_points,
 )
-from matching.learned_features import match_images_learned, search_configurations, unrotate_points
+from matching.learned_features import from_smaller_grid, match_images_learned, search_configurations, unrotate_points
 from matching.model import build_ncnet
 
 
@@ -83,3 +83,17 @@ def test_learned_matcher_picks_turn_and_scale_of_a_zoomed_out_view() -> None:
     p = np.c_[m["keypoints0"], np.ones(len(m["keypoints0"]))] @ Hcol.T
     err = np.linalg.norm(p[:, :2] - m["keypoints1"], axis=1)[:100]
     assert (err <= 3.0).mean() > 0.5, np.median(err)
+
+
+def test_only_the_smaller_grids_direction_is_kept() -> None:
+    corr = torch.zeros(1, 1, 1, 2, 2, 2)  # A: 2 cells, B: 4 cells
+    corr[0, 0, 0, 0, 0, 0] = 0.9  # A cell 0 -> B cell 0 (best of A cell 0)
+    corr[0, 0, 0, 1, 1, 1] = 0.8  # A cell 1 -> B cell 3 (best of A cell 1)
+    corr[0, 0, 0, 1, 0, 1] = 0.5  # B cell 1's best is A cell 1, not A cell 1's best: a B-direction match only
+    idx0 = torch.tensor([[0, 0], [0, 1], [0, 1]])
+    idx1 = torch.tensor([[0, 0], [1, 1], [0, 1]])
+    assert from_smaller_grid(corr, idx0, idx1).tolist() == [True, True, False]
+    swapped = corr.permute(0, 1, 4, 5, 2, 3)  # now A is the larger grid: B's direction decides
+    assert from_smaller_grid(swapped, idx1, idx0).tolist() == [True, True, False]
+    square = torch.zeros(1, 1, 2, 2, 2, 2)
+    assert from_smaller_grid(square, idx0, idx1).all()
