@@ -7,13 +7,13 @@ four corners, mapped by the estimate vs the ground truth); success = corner erro
 Methods: ``sift`` (OpenCV SIFT, Lowe ratio test 0.8, score = 1 - ratio), ``learned`` (``--features learned``
 through correlation -> packaged consensus -> extraction + descriptor refinement, after a test-time search over
 turns of B (``--angles`` N: every 360 / N deg) x relative scales sqrt(2)^k, |k| <= ``--scale-levels``, scored
-by ``--select``; ``--ncc``: NCC refinement at full resolution), ``rootsift`` (the default dense RootSIFT
+by ``--select``; NCC refinement at full resolution unless ``--no-ncc``), ``rootsift`` (the default dense RootSIFT
 NCNet, for reference).
 Keypoints of every method are converted to OpenCV pixel coordinates (centre of the top-left pixel = (0, 0)),
 the convention of the H files.
 
     python benchmarks/oxford_eval.py [--seqs wall boat bark] [--methods learned sift] [--image-size 640]
-        [--top 1000] [--threads 2] [--angles 8] [--scale-levels 4] [--select agreement] [--ncc] [--json out.json]
+        [--top 1000] [--threads 2] [--angles 8] [--scale-levels 3] [--select agreement] [--no-ncc] [--json out.json]
 """
 
 from __future__ import annotations
@@ -159,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--angles", type=int, default=8, help="learned: turns of B, every 360/N degrees")
-    ap.add_argument("--scale-levels", type=int, default=4, help="learned: relative scales sqrt(2)^k, |k| <= N")
+    ap.add_argument("--scale-levels", type=int, default=3, help="learned: relative scales sqrt(2)^k, |k| <= N")
     ap.add_argument("--select", choices=SELECT_CRITERIA, default="agreement", help="learned: configuration score")
-    ap.add_argument("--ncc", action="store_true", help="learned: NCC refinement at full resolution")
+    ap.add_argument("--ncc", action=argparse.BooleanOptionalAction, default=True,
+                    help="learned: NCC refinement at full resolution (matching.refine.refine_with, default options)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     search = {"angles": tuple(360.0 * i / args.angles for i in range(args.angles)),

@@ -79,7 +79,7 @@ def mutual_strength(feat_a: Tensor, feat_b: Tensor, top: int = 200) -> float:
     return float(vals.topk(min(top, len(vals))).values.mean()) if len(vals) else 0.0
 
 
-def neighbour_agreement(feat_a: Tensor, feat_b: Tensor, min_agree: int = 2, tolerance: int = 1) -> int:
+def neighbour_agreement(feat_a: Tensor, feat_b: Tensor, min_agree: int = 3, tolerance: int = 1) -> int:
     """Number of mutual nearest neighbours (A cell a -> B cell b) of which at least ``min_agree`` of the 8
     grid neighbours a + d of a are mutual nearest neighbours too, of a B cell within ``tolerance`` cells
     (Chebyshev) of b + d. Feature maps [1, C, h, w], L2-normalised."""

@@ -21,6 +21,7 @@ from matching.configuration_search import (
 )
 from matching.learned_features import from_smaller_grid, match_images_learned, search_configurations, unrotate_points
 from matching.model import build_ncnet
+from matching.refine import RefineConfig
 
 
 def test_turns_map_pixels_both_ways() -> None:
@@ -69,20 +70,22 @@ def test_search_configurations_and_ladder() -> None:
 
 def test_learned_matcher_picks_turn_and_scale_of_a_zoomed_out_view() -> None:
     """B shows A's texture 2.2x smaller, turned 135 deg counter-clockwise: among 4 turns x 3 scales the
-    configuration that undoes it (225 deg, B enlarged 2x) is chosen, and matches map back to B's pixels."""
+    configuration that undoes it (225 deg, B enlarged 2x) is chosen, and matches (NCC-refined against B turned
+    at full resolution) map back to B's pixels."""
     a = np.repeat(texture(7, 256)[..., None], 3, 2)
     zoom, angle = 1 / 2.2, 135.0
     H = cv2.getRotationMatrix2D((127.5, 127.5), angle, zoom)  # cv2: positive = counter-clockwise on screen
     b = cv2.warpAffine(cv2.GaussianBlur(a, (0, 0), 0.9), H, (256, 256), borderMode=cv2.BORDER_REFLECT)
     model = build_ncnet(features="learned")
-    m = match_images_learned(model, a, b, 256, angles=(0.0, 45.0, 135.0, 225.0), scales=(0.5, 1.0, 2.0))
+    m = match_images_learned(model, a, b, 256, angles=(0.0, 45.0, 135.0, 225.0), scales=(0.5, 1.0, 2.0),
+                             ncc=RefineConfig())
     assert tuple(m["transform"]) == (225.0, 128, 256), m["transform"]
     Hc = np.r_[H, [[0, 0, 1]]]
     T = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])  # COLMAP -> cv2 pixel centres
     Hcol = T @ Hc @ np.linalg.inv(T)
     p = np.c_[m["keypoints0"], np.ones(len(m["keypoints0"]))] @ Hcol.T
     err = np.linalg.norm(p[:, :2] - m["keypoints1"], axis=1)[:100]
-    assert (err <= 3.0).mean() > 0.5, np.median(err)
+    assert (err <= 1.5).mean() > 0.5, np.median(err)  # NCC at full resolution in B turned back upright
 
 
 def test_only_the_smaller_grids_direction_is_kept() -> None:
