@@ -279,6 +279,8 @@ def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size
     long side A, long side B) chosen."""
     if directions not in ("both", "smaller"):
         raise ValueError(f"directions must be 'both' or 'smaller', got {directions!r}")
+    if select not in SELECT_CRITERIA:
+        raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     mult = model.cell_multiple
     configs = search_configurations(tuple(angles), tuple(scales))
