@@ -13,8 +13,9 @@ float16), ``meta`` (plain dict: training command, iterations, ...).
 
 ``match_images_learned``: the usual correlation -> (consensus) -> extraction, then a sub-cell refinement of the
 B keypoints by the descriptor of A's cell against B's bilinearly interpolated descriptor field (+-1 cell,
-1 px steps at matching resolution, parabolic peak); optional test-time search over quarter turns of B and a
-small set of relative scales (the configuration with the strongest mutual nearest neighbours is used).
+1 px steps at matching resolution, parabolic peak), optionally NCC refinement at full resolution; optional
+test-time search over turns of B and relative scales (scores from ``matching.configuration_search``: the
+configuration whose raw feature maps score highest is matched).
 """
 
 from __future__ import annotations
