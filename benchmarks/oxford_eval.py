@@ -5,13 +5,15 @@ of matches whose img1 keypoint mapped by the ground-truth homography lies within
 (t = 1..10, imgN pixels); RANSAC homography (OpenCV, 3 px, fixed RNG seed) and its mean corner error (img1's
 four corners, mapped by the estimate vs the ground truth); success = corner error < 5 px. Means over pairs.
 Methods: ``sift`` (OpenCV SIFT, Lowe ratio test 0.8, score = 1 - ratio), ``learned`` (``--features learned``
-through correlation -> packaged consensus -> extraction + descriptor refinement, test-time search over quarter
-turns of B and relative scales 0.5 / 1 / 2), ``rootsift`` (the default dense RootSIFT NCNet, for reference).
+through correlation -> packaged consensus -> extraction + descriptor refinement, after a test-time search over
+turns of B (``--angles`` N: every 360 / N deg) x relative scales sqrt(2)^k, |k| <= ``--scale-levels``, scored
+by ``--select``; NCC refinement at full resolution unless ``--no-ncc``), ``rootsift`` (the default dense RootSIFT
+NCNet, for reference).
 Keypoints of every method are converted to OpenCV pixel coordinates (centre of the top-left pixel = (0, 0)),
 the convention of the H files.
 
     python benchmarks/oxford_eval.py [--seqs wall boat bark] [--methods learned sift] [--image-size 640]
-        [--top 1000] [--threads 2] [--json out.json]
+        [--top 1000] [--threads 2] [--angles 8] [--scale-levels 3] [--select agreement] [--no-ncc] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from localize.core.records import load_rgb
-from matching.learned_features import PACKAGED_LEARNED_WEIGHTS, match_images_learned
+from matching.configuration_search import scale_ladder
+from matching.learned_features import PACKAGED_LEARNED_WEIGHTS, SELECT_CRITERIA, match_images_learned
 from matching.match import match_images
 from matching.model import build_ncnet
+from matching.refine import RefineConfig
 
 OXFORD = ROOT.parent / "shared" / "data" / "oxford_affine_7seq"
 PIXEL_THRESHOLDS = tuple(range(1, 11))
@@ -84,7 +88,9 @@ def evaluate_pair(kp0: np.ndarray, kp1: np.ndarray, H: np.ndarray, shape_a: tupl
     return res
 
 
-def make_methods(names: list[str], image_size: int, learned_weights: str | None) -> dict:
+def make_methods(names: list[str], image_size: int, learned_weights: str | None, search: dict | None = None) -> dict:
+    """{name: fn(img_a, img_b) -> matches in OpenCV pixels}; ``search``: keyword arguments of
+    ``match_images_learned`` (angles, scales, select, ncc) for ``learned``."""
     methods = {}
     for name in names:
         if name == "sift":
@@ -92,7 +98,7 @@ def make_methods(names: list[str], image_size: int, learned_weights: str | None)
         elif name == "learned":
             model = build_ncnet(features="learned", backbone_weights=learned_weights)
             methods[name] = (lambda m: lambda a, b: _colmap_to_cv(match_images_learned(
-                m, a, b, image_size, rotations=(0, 1, 2, 3), scales=(0.5, 1.0, 2.0))))(model)
+                m, a, b, image_size, **(search or {}))))(model)
         elif name == "rootsift":
             model = build_ncnet()
             methods[name] = (lambda m: lambda a, b: _colmap_to_cv(match_images(m, a, b, image_size)))(model)
@@ -152,13 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=640)
     ap.add_argument("--top", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--angles", type=int, default=8, help="learned: turns of B, every 360/N degrees")
+    ap.add_argument("--scale-levels", type=int, default=3, help="learned: relative scales sqrt(2)^k, |k| <= N")
+    ap.add_argument("--select", choices=SELECT_CRITERIA, default="agreement", help="learned: configuration score")
+    ap.add_argument("--ncc", action=argparse.BooleanOptionalAction, default=True,
+                    help="learned: NCC refinement at full resolution (matching.refine.refine_with, default options)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    search = {"angles": tuple(360.0 * i / args.angles for i in range(args.angles)),
+              "scales": scale_ladder(args.scale_levels), "select": args.select,
+              "ncc": RefineConfig() if args.ncc else None}
     torch.set_num_threads(args.threads)
     import logging
 
     logging.getLogger("matching.model").setLevel(logging.ERROR)
-    res = evaluate_oxford(Path(args.root), args.seqs, make_methods(args.methods, args.image_size, args.learned_weights),
+    res = evaluate_oxford(Path(args.root), args.seqs, make_methods(args.methods, args.image_size, args.learned_weights, search),
                           args.top)
     print(f"Oxford, image size {args.image_size}, top {args.top} matches by score")
     print(table(res, args.seqs))

@@ -13,13 +13,15 @@ float16), ``meta`` (plain dict: training command, iterations, ...).
 
 ``match_images_learned``: the usual correlation -> (consensus) -> extraction, then a sub-cell refinement of the
 B keypoints by the descriptor of A's cell against B's bilinearly interpolated descriptor field (+-1 cell,
-1 px steps at matching resolution, parabolic peak); optional test-time search over quarter turns of B and a
-small set of relative scales (the configuration with the strongest mutual nearest neighbours is used).
+1 px steps at matching resolution, parabolic peak), optionally NCC refinement at full resolution; optional
+test-time search over turns of B and relative scales (scores from ``matching.configuration_search``: the
+configuration whose raw feature maps score highest is matched).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,15 +32,18 @@ from torch import Tensor, nn
 
 from localize.core.config import from_dict
 from localize.core.torchfile import load_torch_file
+from matching.configuration_search import mutual_strength, neighbour_agreement, turn_image, unturn_points
 from matching.correlation import feature_l2norm
 from matching.extract import extract_matches
-from matching.preprocess import image_to_tensor, resized_shape
+from matching.preprocess import image_to_tensor, resize_rgb, resized_shape
+from matching.refine import RefineConfig, refine_with
 
 log = logging.getLogger(__name__)
 
 LEARNED_FORMAT = "learned-features-v1"
 PACKAGED_LEARNED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "learned_features.pth"
 GRAY = (0.299, 0.587, 0.114)
+SELECT_CRITERIA = ("agreement", "strength")
 
 
 @dataclass
@@ -213,74 +218,131 @@ def unrotate_points(xy: Tensor, k: int, hw: tuple[int, int]) -> Tensor:
     return out
 
 
-def _transforms(rotations: tuple[int, ...], scales: tuple[float, ...], image_size: int) -> list[tuple[int, int, int]]:
-    """(k quarter turns of B, long side of A, long side of B) per test-time configuration; a scale s > 1 means B
-    shows things s times larger than A (A is shrunk), s < 1 the reverse."""
-    out = []
-    for k in rotations:
-        for sc in scales:
-            sa, sb = (image_size, int(round(image_size * sc))) if sc <= 1 else (int(round(image_size / sc)), image_size)
-            out.append((int(k) % 4, sa, sb))
-    return out
+def learned_sides(image_size: int, scale: float) -> tuple[int, int]:
+    """(longer side of A, longer side of B) in px for a relative scale of B (B resized ``scale`` x relative to
+    A): the image that must shrink is shrunk (B by ``scale`` <= 1, A by 1 / ``scale`` otherwise), never
+    enlarged, so no configuration costs more than matching both at ``image_size``."""
+    if scale <= 1.0:
+        return int(image_size), int(round(image_size * scale))
+    return int(round(image_size / scale)), int(image_size)
+
+
+def search_configurations(angles: tuple[float, ...], scales: tuple[float, ...]) -> list[tuple[float, float]]:
+    """(angle of B in degrees [0, 360), relative scale of B) per configuration, the identity first (it wins ties)."""
+    if not scales or any(not s > 0 for s in scales) or not angles:
+        raise ValueError(f"need angles and positive scales, got {angles}, {scales}")
+    out = {(float(a) % 360.0, float(s)) for a in angles for s in scales}
+    return sorted(out, key=lambda c: (c != (0.0, 1.0), abs(math.log(c[1])), c))
+
+
+def from_smaller_grid(corr: Tensor, idx0: Tensor, idx1: Tensor, k: int = 1) -> Tensor:
+    """Bool mask of matches (cells idx0 / idx1 [N, 2] (row, col) of the grids at k x the correlation's) that are
+    the best match of their cell in the image with fewer cells (all matches when both grids have as many).
+
+    When B is resized against A, the image with fewer cells is the one whose view lies inside the other's;
+    cells of the larger grid outside it have no counterpart, yet their softmax over the few cells of the
+    smaller grid scores high, so only the smaller grid's direction is kept."""
+    ha, wa, hb, wb = corr.shape[-4:]
+    c = corr.reshape(ha * wa, hb * wb)
+    i0 = idx0[:, 0] // k * wa + idx0[:, 1] // k
+    i1 = idx1[:, 0] // k * wb + idx1[:, 1] // k
+    if ha * wa < hb * wb:
+        return c.argmax(1)[i0] == i1
+    if ha * wa > hb * wb:
+        return c.argmax(0)[i1] == i0
+    return torch.ones(len(i0), dtype=torch.bool, device=corr.device)
+
+
+def configuration_score(feat_a: Tensor, feat_b: Tensor, select: str) -> float:
+    """How well a configuration fits, from the raw feature maps: ``select`` 'agreement' (``neighbour_agreement``)
+    or 'strength' (``mutual_strength``)."""
+    if select == "agreement":
+        return float(neighbour_agreement(feat_a, feat_b))
+    if select == "strength":
+        return mutual_strength(feat_a, feat_b)
+    raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
 
 
 @torch.no_grad()
 def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size: int = 640,
-                         max_matches: int | None = None, refine: bool = True, rotations: tuple[int, ...] = (0,),
-                         scales: tuple[float, ...] = (1.0,), select_top: int = 200) -> dict[str, np.ndarray]:
+                         max_matches: int | None = None, refine: bool = True, angles: tuple[float, ...] = (0.0,),
+                         scales: tuple[float, ...] = (1.0,), select: str = "agreement",
+                         ncc: RefineConfig | None = None, directions: str = "smaller") -> dict[str, np.ndarray]:
     """NCNet matching (``model``: a ``matching.model.NCNet``, normally with learned features) + descriptor refinement.
 
-    Test-time search: B turned by k quarter turns for k in ``rotations`` and resized relative to A by each of
-    ``scales``; the configuration with the highest mean of its ``select_top`` best mutual-NN correlations is
-    kept and matched fully (consensus, extraction, refinement). Keypoints in original pixels (COLMAP
-    convention), sorted by decreasing score; ``transform`` = (k, long side A, long side B) chosen."""
+    Test-time search: B turned by each of ``angles`` (degrees, counter-clockwise, ``turn_image``) and resized
+    relative to A by each of ``scales`` (sides per ``learned_sides``); the configuration with the highest
+    ``configuration_score`` (``select``) is kept and matched fully (consensus, extraction, descriptor
+    refinement when ``refine``; ``directions`` 'both': the matches of extraction, 'smaller': only those of
+    ``from_smaller_grid``; then, when ``ncc`` is given, NCC refinement of B's keypoints at full
+    resolution by ``refine_with`` with those options). Keypoints in original pixels (COLMAP convention),
+    sorted by decreasing score, matches whose B keypoint falls outside B dropped; ``transform`` = (angle,
+    long side A, long side B) chosen."""
+    if directions not in ("both", "smaller"):
+        raise ValueError(f"directions must be 'both' or 'smaller', got {directions!r}")
+    if select not in SELECT_CRITERIA:
+        raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     mult = model.cell_multiple
+    configs = search_configurations(tuple(angles), tuple(scales))
     feats_a: dict[int, tuple[Tensor, Tensor]] = {}
-    best, best_val = None, -1.0
-    configs = _transforms(rotations, scales, image_size)
-    for k, sa, sb in configs:
+    feats_b: dict[tuple[float, int], tuple[tuple[int, int], np.ndarray, Tensor, Tensor]] = {}
+    best, best_val = None, -math.inf
+    for angle, scale in configs:
+        sa, sb = learned_sides(image_size, scale)
         if sa not in feats_a:
             ta = image_to_tensor(img_a, resized_shape(img_a.shape[0], img_a.shape[1], sa, mult), device)
             feats_a[sa] = (ta, model.features(ta))
-        ta, fa = feats_a[sa]
-        rb = np.ascontiguousarray(np.rot90(img_b, k))
-        tb = image_to_tensor(rb, resized_shape(rb.shape[0], rb.shape[1], sb, mult), device)
-        fb = model.features(tb)
-        if len(configs) > 1:
-            corr = torch.einsum("bchw,bcij->bhwij", fa, fb)
-            flat = corr.flatten(3).flatten(1, 2)[0]  # [A cells, B cells]
-            ab, ba = flat.max(1), flat.max(0)
-            mutual = ba.indices[ab.indices] == torch.arange(flat.shape[0], device=flat.device)
-            vals = ab.values[mutual]
-            val = float(vals.topk(min(select_top, len(vals))).values.mean()) if len(vals) else 0.0
-        else:
-            val = 0.0
+        if (angle, sb) not in feats_b:  # B at the matching size serves every scale >= 1 of a turn
+            shape_b = resized_shape(img_b.shape[0], img_b.shape[1], sb, mult)
+            rb, turn = turn_image(resize_rgb(img_b, shape_b), angle, mult)
+            tb = image_to_tensor(rb, rb.shape[:2], device)
+            feats_b[angle, sb] = (shape_b, turn, tb, model.features(tb))
+        val = configuration_score(feats_a[sa][1], feats_b[angle, sb][3], select) if len(configs) > 1 else 0.0
         if val > best_val:
-            best_val, best = val, (k, sa, sb, ta, fa, rb, tb, fb)
+            best_val, best = val, (angle, sa, sb)
     assert best is not None
-    k, sa, sb, ta, fa, rb, tb, fb = best
+    angle, sa, sb = best
+    (ta, fa), (shape_b, turn, tb, fb) = feats_a[sa], feats_b[angle, sb]
     corr, code = model.correlate(fa, fb)
     corr = model.filter_correlation(corr)
-    m = extract_matches(corr[:1], img_a.shape[:2], rb.shape[:2], code=code, k=model.relocalization_k)
+    m = extract_matches(corr[:1], img_a.shape[:2], tuple(tb.shape[-2:]), code=code, k=model.relocalization_k)
+    if directions == "smaller":
+        keep = from_smaller_grid(corr, m["indices0"], m["indices1"], model.relocalization_k)
+        m = {key: m[key][keep] for key in ("keypoints0", "keypoints1", "scores")}
     kp0, kp1, scores = m["keypoints0"].float().cpu(), m["keypoints1"].float().cpu(), m["scores"].float().cpu()
     if refine and len(scores):
         sxa, sya = ta.shape[-1] / img_a.shape[1], ta.shape[-2] / img_a.shape[0]
-        sxb, syb = tb.shape[-1] / rb.shape[1], tb.shape[-2] / rb.shape[0]
-        kb2, _ = refine_with_descriptors(fa[0].float().cpu(), fb[0].float().cpu(), kp0 * torch.tensor([sxa, sya]),
-                                         kp1 * torch.tensor([sxb, syb]), tuple(ta.shape[-2:]), tuple(tb.shape[-2:]),
+        kp1, _ = refine_with_descriptors(fa[0].float().cpu(), fb[0].float().cpu(), kp0 * torch.tensor([sxa, sya]),
+                                         kp1, tuple(ta.shape[-2:]), tuple(tb.shape[-2:]),
                                          radius=float(model.features.stride))
-        kp1 = kb2 / torch.tensor([sxb, syb])
-    kp1 = unrotate_points(kp1, k, img_b.shape[:2])
-    order = torch.argsort(scores, descending=True)
-    res = {"keypoints0": kp0[order].double().numpy(), "keypoints1": kp1[order].double().numpy(),
-           "scores": scores[order].numpy()}
-    if max_matches is not None:
-        res = {key: v[:max_matches] for key, v in res.items()}
-    res["transform"] = np.array([k, sa, sb])
+    to_b = np.array([img_b.shape[1] / shape_b[1], img_b.shape[0] / shape_b[0]])
+    res = {"keypoints0": kp0.double().numpy(), "keypoints1": unturn_points(kp1.double().numpy(), turn) * to_b,
+           "scores": scores.numpy()}
+    inside = ((res["keypoints1"] >= 0) & (res["keypoints1"] <= [img_b.shape[1], img_b.shape[0]])).all(1)
+    res = {key: v[inside] for key, v in res.items()}
+    if ncc is not None and len(res["scores"]):
+        res = refine_turned(img_a, img_b, res, ncc, angle, (model.features.stride * img_a.shape[1] / ta.shape[-1],
+                                                            model.features.stride * to_b[0]))
+    order = np.argsort(-res["scores"], kind="stable")
+    res = {key: v[order][:max_matches] for key, v in res.items()}
+    res["transform"] = np.array([angle, sa, sb])
     return res
+
+
+def refine_turned(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray], conf: RefineConfig,
+                  angle: float, cells: tuple[float, float]) -> dict[str, np.ndarray]:
+    """``refine_with`` of ``matches`` (original pixels) against B turned by ``angle`` degrees at full resolution
+    (so both patches are upright alike); ``cells``: one matching cell in px of A and of B. Keypoints of B
+    mapped back to B's original pixels."""
+    turned, turn = turn_image(img_b, angle)
+    m = dict(matches, keypoints1=matches["keypoints1"] @ turn[:, :2].T + turn[:, 2])
+    out = refine_with(img_a, turned, m, conf, cells[0], cells[1])
+    out["keypoints1"] = unturn_points(out["keypoints1"], turn)
+    return out
 
 
 __all__ = ["LearnedConfig", "LearnedFeatures", "LEARNED_FORMAT", "PACKAGED_LEARNED_WEIGHTS", "load_learned_features",
            "save_learned_weights", "weights_payload", "sample_descriptors", "refine_with_descriptors",
-           "match_images_learned", "num_parameters", "unrotate_points"]
+           "match_images_learned", "num_parameters", "unrotate_points", "learned_sides", "search_configurations",
+           "configuration_score", "refine_turned", "SELECT_CRITERIA", "from_smaller_grid"]

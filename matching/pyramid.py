@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from matching.configuration_search import mutual_strength
+from matching.configuration_search import scale_ladder as pyramid_scales
 from matching.extract import extract_matches
 from matching.learned_features import unrotate_points
 from matching.model import NCNet
@@ -24,13 +26,6 @@ from matching.preprocess import image_to_tensor, resized_shape
 from matching.refine import RefineConfig, refine_with
 
 IDENTITY = (0, 1.0)  # (quarter turns, scale): the plain matcher's configuration
-
-
-def pyramid_scales(levels: int = 2, step: float = 2 ** 0.5) -> tuple[float, ...]:
-    """Scales step^k for k in -levels..levels (relative sizes of B), e.g. (0.5, 0.71, 1, 1.41, 2)."""
-    if levels < 0 or not step > 1.0:
-        raise ValueError(f"need levels >= 0 and step > 1, got {levels}, {step}")
-    return tuple(float(step ** k) for k in range(-levels, levels + 1))
 
 
 def configurations(scales: tuple[float, ...], rotations: tuple[int, ...] = (0,)) -> list[tuple[int, float]]:
@@ -68,16 +63,6 @@ def best_configuration_per_cell(cells: list[np.ndarray], scores: list[np.ndarray
         np.maximum.at(best[c], cell, sc)
     winner = np.argmax(best, axis=0)  # first maximum on ties
     return [winner[cell] == c for c, cell in enumerate(cells)]
-
-
-def mutual_strength(feat_a: torch.Tensor, feat_b: torch.Tensor, top: int = 200) -> float:
-    """Mean of the ``top`` highest raw correlations of mutual nearest neighbours of two L2-normalised feature
-    maps [1, C, h, w] (a cheap score of how well a configuration fits, before consensus)."""
-    corr = torch.einsum("bchw,bcij->bhwij", feat_a, feat_b).flatten(3).flatten(1, 2)[0]  # [A cells, B cells]
-    ab, ba = corr.max(1), corr.max(0)
-    mutual = ba.indices[ab.indices] == torch.arange(corr.shape[0], device=corr.device)
-    vals = ab.values[mutual]
-    return float(vals.topk(min(top, len(vals))).values.mean()) if len(vals) else 0.0
 
 
 def base_cells(kp: np.ndarray, grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,147 @@
+"""Which configuration score picks the right test-time configuration of the learned matcher (held-out pairs).
+
+Pairs: photos of the ``val`` split of realphotos_ssl (never trained on), each a view A (640 x 480, the photo's
+centre at its own resolution) and a view B zoomed by z (B shows the scene z x as large; z cycles through
+0.25 .. 4) and turned by a random angle, both by a known homography (reflected borders). For every
+configuration (turn of B every 45 deg x relative scale sqrt(2)^k, |k| <= 4; sides per
+``matching.learned_features.learned_sides``): the scores of ``matching.configuration_search`` and the number
+of mutual nearest neighbours of the raw feature maps within one cell of the truth ("correct"). For each
+score, turn set and scale range: the total of correct mutual nearest neighbours of the configurations it
+picks (the higher, the better the selection), against the total of the best configurations.
+
+    python benchmarks/bench_config_search.py [--pairs 16] [--seed 0] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from localize.core.records import load_rgb
+from matching.configuration_search import (
+    mutual_nearest,
+    mutual_strength,
+    neighbour_agreement,
+    scale_ladder,
+    turn_image,
+)
+from matching.learned_features import learned_sides
+from matching.model import build_ncnet
+from matching.preprocess import image_to_tensor, resize_rgb, resized_shape
+
+PHOTOS = ROOT.parent / "shared" / "data" / "realphotos_ssl"
+VIEW_WH = (640, 480)
+ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.4, 2.0, 2.8, 4.0)
+SCORES = ("strength", "agree2", "agree3", "agree4")
+
+
+def view(photo: np.ndarray, zoom: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """(VIEW_WH image of the photo's centre scaled by ``zoom`` and turned ``angle_deg`` counter-clockwise,
+    reflected borders; 3 x 3 homography photo px -> view px, COLMAP convention)."""
+    w, h = VIEW_WH
+    a = math.radians(angle_deg)
+    R = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+    M = (np.array([[1, 0, w / 2], [0, 1, h / 2], [0, 0, 1.0]]) @ R @ np.diag([zoom, zoom, 1.0])
+         @ np.array([[1, 0, -photo.shape[1] / 2], [0, 1, -photo.shape[0] / 2], [0, 0, 1.0]]))
+    src = cv2.GaussianBlur(photo, (0, 0), 0.5 / zoom) if zoom < 1 else photo
+    T = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])  # COLMAP -> cv2 pixel centres
+    img = cv2.warpPerspective(src, np.linalg.inv(T) @ M @ T, (w, h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101)
+    return img, M
+
+
+@torch.no_grad()
+def score_configurations(model, a: np.ndarray, b: np.ndarray, H: np.ndarray, angles, scales) -> list[dict]:
+    """Per configuration: scores and correct mutual nearest neighbours (A cell centre mapped by H (A -> B
+    pixels) within one cell, Chebyshev, of its mutual nearest neighbour's cell)."""
+    stride, mult = model.features.stride, model.cell_multiple
+    size = max(VIEW_WH)
+    feats_a, rows = {}, []
+    for ang in angles:
+        for s in scales:
+            sa, sb = learned_sides(size, s)
+            if sa not in feats_a:
+                ta = image_to_tensor(a, resized_shape(*a.shape[:2], sa, mult), "cpu")
+                feats_a[sa] = (ta.shape[-2:], model.features(ta))
+            (ha_px, wa_px), fa = feats_a[sa]
+            hb_px, wb_px = resized_shape(*b.shape[:2], sb, mult)
+            turned, M = turn_image(resize_rgb(b, (hb_px, wb_px)), ang, mult)
+            fb = model.features(image_to_tensor(turned, turned.shape[:2], "cpu"))
+            ia, ib, _ = mutual_nearest(fa, fb)
+            wa, wb = fa.shape[-1], fb.shape[-1]
+            pa = np.stack([(ia % wa).numpy() + 0.5, (ia // wa).numpy() + 0.5], 1) * stride
+            pa = pa * [a.shape[1] / wa_px, a.shape[0] / ha_px]
+            pb = np.c_[pa, np.ones(len(pa))] @ H.T
+            pb = pb[:, :2] / pb[:, 2:] * [wb_px / b.shape[1], hb_px / b.shape[0]]
+            cell = np.floor((pb @ M[:, :2].T + M[:, 2]) / stride)
+            got = np.stack([(ib % wb).numpy(), (ib // wb).numpy()], 1)
+            rows.append({"ang": ang, "s": s, "mutual": int(len(ia)),
+                         "correct": int((np.abs(cell - got).max(1) <= 1).sum()),
+                         "strength": mutual_strength(fa, fb),
+                         **{f"agree{k}": neighbour_agreement(fa, fb, k) for k in (2, 3, 4)}})
+    return rows
+
+
+def summary(records: list[dict]) -> str:
+    """Markdown table: per turn set, scale range and score, the correct total of the picked configurations."""
+    lines = ["| turns | scales | score | correct of picked (total) | best possible | pairs >= 80 % of best |",
+             "|---|---|---|---|---|---|"]
+    for turns in (4, 8):
+        for lo, hi, name in ((0.3, 3.0, "0.35-2.83"), (0.2, 5.0, "0.25-4")):
+            for score in SCORES:
+                picked = best = hits = 0
+                for r in records:
+                    cs = [c for c in r["configs"] if c["ang"] % (360 // turns) == 0 and lo < c["s"] < hi]
+                    p, b = max(cs, key=lambda c: c[score])["correct"], max(c["correct"] for c in cs)
+                    picked, best, hits = picked + p, best + b, hits + (p >= 0.8 * b)
+                lines.append(f"| {turns} | {name} | {score} | {picked} | {best} | {hits} / {len(records)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", default=str(PHOTOS))
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = Path(args.photos)
+    with open(root / "manifest.csv", newline="") as f:
+        files = [r["file"] for r in csv.DictReader(f) if r["split"] == "val"]
+    rng = np.random.default_rng(args.seed)
+    model = build_ncnet(features="learned")
+    angles, scales = tuple(45.0 * i for i in range(8)), scale_ladder(4)
+    records = []
+    for n, i in enumerate(rng.permutation(len(files))[:args.pairs]):
+        photo = load_rgb(root / files[i])
+        z, theta = ZOOMS[n % len(ZOOMS)], float(rng.uniform(-180, 180))
+        a, Ma = view(photo, 1.0 if z < 1 else 1.0 / z, 0.0)
+        b, Mb = view(photo, z if z < 1 else 1.0, theta)
+        t0 = time.perf_counter()
+        configs = score_configurations(model, a, b, Mb @ np.linalg.inv(Ma), angles, scales)
+        best = max(configs, key=lambda c: c["correct"])
+        print(f"{n} {files[i]} z {z} turn {theta:.0f}: best ({best['ang']:.0f}, {best['s']:.2f}) "
+              f"{best['correct']} correct, {time.perf_counter() - t0:.0f} s", flush=True)
+        records.append({"photo": files[i], "z": z, "theta": theta, "configs": configs})
+    print(summary(records))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
