@@ -114,3 +114,24 @@ def test_busy_other_cores_sees_a_busy_process_but_not_a_niced_one(niceness):
         assert busy >= before + 0.6  # the spinning process holds one core
     else:
         assert busy < before + 0.4  # a niced one yields to us: not counted
+
+
+def _square_in_threads(q) -> None:
+    q.put(threads.map_threads(lambda x: x * x, range(4)))
+
+
+def test_map_threads_in_a_forked_child(restore_threads):
+    """A child forked after the pool exists must not wait on the parent's (absent) threads."""
+    import multiprocessing as mp
+
+    threads._budget = 2
+    assert threads.map_threads(lambda x: x + 1, range(4)) == [1, 2, 3, 4]  # the parent's pool now exists
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_square_in_threads, args=(q,))
+    p.start()
+    p.join(20)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive and q.get(timeout=5) == [0, 1, 4, 9]

@@ -37,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 _budget: int | None = None
 _pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's threads: it builds its own pool when it needs one."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 T = TypeVar("T")
 R = TypeVar("R")
 
