@@ -2,7 +2,7 @@
 
 python benchmarks/bench_localize.py tum [--conf default] [--max-queries N] [--out outputs/bench_tum] [--no-baseline]
 python benchmarks/bench_localize.py synthetic [--size small] [--conf default]
-every mode: [--threads N] (one thread budget, default the available cores) [--busy-core] (a competing
+every mode: [--threads N] (one thread budget, default the available cores less those kept busy) [--busy-core] (a competing
 single-core busy loop pinned to one core while the benchmark runs: compare its wall time with an unloaded run)
 python benchmarks/bench_localize.py inloc-size [--conf default[,inloc-ncnet]] [--num-pairs N] [--max-queries N]
     [--scale 1.0] [--weights-dir DIR] [--json-dir DIR] [--out outputs/bench_inloc_size]
