@@ -10,6 +10,7 @@ pixels with 8 orientation bins, bilinear (triangular) spatial and orientation we
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -57,17 +58,46 @@ def window_means(x: torch.Tensor, size: int, min_planes: int = 64) -> torch.Tens
     return out.reshape(p, strips * rows, w - size + 1)[:, :ho]
 
 
-def triangle_filter(x: torch.Tensor, bin_size: int) -> torch.Tensor:
+def triangle_filter(x: torch.Tensor, bin_size: int,
+                    lattice: tuple[int, Sequence[int], Sequence[int]] | None = None) -> torch.Tensor:
     """Separable triangular filter (weights 1 - |r|/bin_size, |r| < bin_size) of [B, C, H, W], zero padded.
 
     Computed as two box filters of width ``bin_size`` over the zero-padded input (the first covers
     [i - b + 1, i], the second shifts back by b - 1), exact and much faster than a 1-channel conv.
+    ``lattice`` = (period, row residues, column residues): the second box filter only at the pixels whose
+    row and column (mod period) are among the residues, with the same numbers there; 0 elsewhere.
     """
     b = bin_size
     B, C, H, W = x.shape
     y = F.pad(x, (b - 1, b - 1, b - 1, b - 1)).reshape(B * C, H + 2 * b - 2, W + 2 * b - 2)
-    y = window_means(window_means(y, b), b)
-    return y.reshape(B, C, H, W) * (b * b)
+    y = window_means(y, b)
+    if lattice is None:
+        return window_means(y, b).reshape(B, C, H, W) * (b * b)
+    period, row_res, col_res = lattice
+    y = y[None].contiguous(memory_format=torch.channels_last)  # the pooling of window_means, strided
+    out = x.new_zeros(B * C, H, W)
+    for r in row_res:
+        for c in col_res:
+            # windows starting at r + period * k: zero padding moves the start (padded windows are dropped)
+            pr, pc = (period - r) % period, (period - c) % period
+            if 2 * max(pr, pc) > b:  # avg_pool2d pads at most half a window: slice (a copy) instead
+                part = F.avg_pool2d(y[:, :, r:, c:], b, stride=period)[0]
+            else:
+                part = F.avg_pool2d(y, b, stride=period, padding=(pr, pc))[0, :, int(pr > 0):, int(pc > 0):]
+            rows, cols = out[:, r::period, c::period].shape[1:]
+            out[:, r::period, c::period] = part[:, :rows, :cols] * (b * b)
+    return out.reshape(B, C, H, W)
+
+
+def sampled_residues(centres: np.ndarray, period: int) -> list[int]:
+    """Residues (mod ``period``) of the pixels bilinear sampling at coordinates ``centres`` (array units, one
+    per lattice of that period) reads: floor and floor + 1, and floor - 1 too near integers (rounding)."""
+    res: set[int] = set()
+    for x in np.asarray(centres, dtype=np.float64).ravel():
+        f = math.floor(x)
+        near_integer = abs(x - round(x)) < 1e-3
+        res.update(i % period for i in range(f - near_integer, f + 2))
+    return sorted(res)
 
 
 def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
@@ -113,12 +143,15 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
     gray = gray.float()
     omaps = orientation_maps(gray, sigma)
     # bilinear spatial binning = separable triangular filter (two box filters), then sampling at cell centres
-    filt = triangle_filter(omaps, bin_size)
-    C = NUM_ORIENTATIONS
     # descriptor centres in array coordinates (pixel centre convention: x_arr = x_pix - 0.5)
     cx = torch.arange(w, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
     cy = torch.arange(h, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
     offsets = (torch.arange(NUM_CELLS, device=gray.device, dtype=gray.dtype) - (NUM_CELLS - 1) / 2.0) * bin_size
+    # the samples of each cell offset form a lattice of period ``step``: filter only the pixels they read
+    first = step / 2.0 - 0.5 + (np.arange(NUM_CELLS) - (NUM_CELLS - 1) / 2.0) * bin_size
+    res = sampled_residues(first, step)
+    filt = triangle_filter(omaps, bin_size, None if len(res) == step else (step, res, res))
+    C = NUM_ORIENTATIONS
     parts = []
     for oy in offsets:
         for ox in offsets:

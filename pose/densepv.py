@@ -32,9 +32,11 @@ from localize.core.config import from_dict
 from localize.core.errors import InputError
 from localize.core.geometry import Camera, Pose
 from localize.core.records import DbImage, load_rgb
+from localize.core.threads import map_threads, num_threads
 from matching.dense_sift import dense_rootsift
 
 logger = logging.getLogger(__name__)
+DESCRIBE_BATCH = 4  # candidates described together (2 images each; memory grows with it)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,86 @@ def _normalise(g: np.ndarray, region: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+@dataclass
+class _Prepared:
+    """A candidate's rendering, ready for description: normalised grey query and rendering at render size."""
+
+    q: np.ndarray  # query resized to the rendering (H x W x 3)
+    rgb: np.ndarray  # raw splat
+    filled: np.ndarray  # splat with holes inpainted
+    splat: np.ndarray
+    region: np.ndarray
+    depth: np.ndarray
+    h: int  # descriptor grid
+    w: int
+    gq: np.ndarray | None  # None: nothing comparable (score 0)
+    gr: np.ndarray | None
+
+
+def _render_size_query(query_rgb: np.ndarray, camera: Camera, conf: DensePVConfig) -> tuple[np.ndarray, Camera]:
+    """(query resized to the rendering size, the query camera at that size)."""
+    Wr, Hr = render_size(camera, conf)
+    q = np.asarray(query_rgb)
+    if q.shape[0] != Hr or q.shape[1] != Wr:
+        q = cv2.resize(q, (Wr, Hr), interpolation=cv2.INTER_AREA)
+    return q, camera.scaled(Wr, Hr)
+
+
+def _prepare(q: np.ndarray, cam_r: Camera, pose: Pose, points_world: np.ndarray, colours: np.ndarray,
+             conf: DensePVConfig) -> _Prepared:
+    """Render the points into the (resized) query camera, close and inpaint, normalise both grey images."""
+    Hr, Wr = q.shape[:2]
+    rgb, splat, depth = render_points(points_world, colours, cam_r, pose)
+    if conf.close_kernel > 1:
+        k = np.ones((conf.close_kernel, conf.close_kernel), np.uint8)
+        region = cv2.morphologyEx(splat.astype(np.uint8), cv2.MORPH_CLOSE, k).astype(bool)
+    else:
+        region = splat.copy()
+    holes = region & ~splat
+    filled = rgb
+    if holes.any():
+        filled = cv2.inpaint(rgb, holes.astype(np.uint8), float(conf.inpaint_radius), cv2.INPAINT_TELEA)
+    h, w = Hr // conf.step, Wr // conf.step
+    gq = gr = None
+    if region.sum() >= 2 and h > 0 and w > 0:
+        gq = _normalise(_grey(q), region)
+        gr = _normalise(_grey(filled), region)
+    return _Prepared(q, rgb, filled, splat, region, depth, h, w, gq, gr)
+
+
+def _describe(grey: Sequence[np.ndarray], conf: DensePVConfig) -> np.ndarray:
+    """Dense RootSIFT of equally sized normalised grey images -> [N, 128, h, w] (one batch)."""
+    with torch.no_grad():
+        return dense_rootsift(torch.from_numpy(np.stack(grey))[:, None], bin_size=conf.bin_size,
+                              step=conf.step).numpy()
+
+
+def _score(p: _Prepared, d_query: np.ndarray | None, d_render: np.ndarray | None, conf: DensePVConfig
+           ) -> tuple[float, dict]:
+    """Score from the two descriptor maps [128, h, w] (None: nothing comparable) and the debug dict."""
+    Hr, Wr = p.q.shape[:2]
+    score = 0.0
+    errors = np.full((max(p.h, 0), max(p.w, 0)), np.nan, dtype=np.float32)
+    valid = np.zeros_like(errors, dtype=bool)
+    if d_query is not None and d_render is not None:
+        dist = np.linalg.norm(d_query - d_render, axis=0)  # h x w
+        # coverage of each descriptor's support (4 x 4 cells of bin_size px) by the rendered region
+        support = 4 * conf.bin_size
+        cov = cv2.boxFilter(p.region.astype(np.float32), -1, (support, support), normalize=True,
+                            borderType=cv2.BORDER_CONSTANT)
+        rows = np.minimum(np.arange(p.h) * conf.step + conf.step // 2, Hr - 1)
+        cols = np.minimum(np.arange(p.w) * conf.step + conf.step // 2, Wr - 1)
+        valid = p.region[np.ix_(rows, cols)] & (cov[np.ix_(rows, cols)] >= conf.min_coverage)
+        errors = np.where(valid, dist, np.nan).astype(np.float32)
+        if valid.sum() >= conf.min_grid_points:
+            med = float(np.median(dist[valid]))
+            score = 1.0 / max(med, 1e-6)
+    debug = {"query": p.q, "render": p.filled, "render_raw": p.rgb, "splat_mask": p.splat, "region": p.region,
+             "depth": p.depth, "errors": errors, "valid": valid, "query_norm": p.gq, "render_norm": p.gr,
+             "score": score, "num_grid_points": int(valid.sum()), "step": conf.step}
+    return score, debug
+
+
 def densepv_score(query_rgb: np.ndarray, camera: Camera, pose: Pose, points_world: np.ndarray,
                   colours: np.ndarray, scale: float | None = None, conf: DensePVConfig | None = None,
                   return_debug: bool = False) -> float | tuple[float, dict]:
@@ -132,50 +214,11 @@ def densepv_score(query_rgb: np.ndarray, camera: Camera, pose: Pose, points_worl
     conf = conf or DensePVConfig()
     if scale is not None:
         conf = dataclasses.replace(conf, scale=scale)
-    Wr, Hr = render_size(camera, conf)
-    cam_r = camera.scaled(Wr, Hr)
-    q = np.asarray(query_rgb)
-    if q.shape[0] != Hr or q.shape[1] != Wr:
-        q = cv2.resize(q, (Wr, Hr), interpolation=cv2.INTER_AREA)
-    rgb, splat, depth = render_points(points_world, colours, cam_r, pose)
-    if conf.close_kernel > 1:
-        k = np.ones((conf.close_kernel, conf.close_kernel), np.uint8)
-        region = cv2.morphologyEx(splat.astype(np.uint8), cv2.MORPH_CLOSE, k).astype(bool)
-    else:
-        region = splat.copy()
-    holes = region & ~splat
-    filled = rgb
-    if holes.any():
-        filled = cv2.inpaint(rgb, holes.astype(np.uint8), float(conf.inpaint_radius), cv2.INPAINT_TELEA)
-    h, w = Hr // conf.step, Wr // conf.step
-    score = 0.0
-    errors = np.full((max(h, 0), max(w, 0)), np.nan, dtype=np.float32)
-    valid = np.zeros_like(errors, dtype=bool)
-    gq = gr = None
-    if region.sum() >= 2 and h > 0 and w > 0:
-        gq = _normalise(_grey(q), region)
-        gr = _normalise(_grey(filled), region)
-        with torch.no_grad():
-            d = dense_rootsift(torch.from_numpy(np.stack([gq, gr]))[:, None], bin_size=conf.bin_size,
-                               step=conf.step).numpy()
-        dist = np.linalg.norm(d[0] - d[1], axis=0)  # h x w
-        # coverage of each descriptor's support (4 x 4 cells of bin_size px) by the rendered region
-        support = 4 * conf.bin_size
-        cov = cv2.boxFilter(region.astype(np.float32), -1, (support, support), normalize=True,
-                            borderType=cv2.BORDER_CONSTANT)
-        rows = np.minimum(np.arange(h) * conf.step + conf.step // 2, Hr - 1)
-        cols = np.minimum(np.arange(w) * conf.step + conf.step // 2, Wr - 1)
-        valid = region[np.ix_(rows, cols)] & (cov[np.ix_(rows, cols)] >= conf.min_coverage)
-        errors = np.where(valid, dist, np.nan).astype(np.float32)
-        if valid.sum() >= conf.min_grid_points:
-            med = float(np.median(dist[valid]))
-            score = 1.0 / max(med, 1e-6)
-    if not return_debug:
-        return score
-    debug = {"query": q, "render": filled, "render_raw": rgb, "splat_mask": splat, "region": region,
-             "depth": depth, "errors": errors, "valid": valid, "query_norm": gq, "render_norm": gr,
-             "score": score, "num_grid_points": int(valid.sum()), "step": conf.step}
-    return score, debug
+    q, cam_r = _render_size_query(query_rgb, camera, conf)
+    p = _prepare(q, cam_r, pose, points_world, colours, conf)
+    d = _describe([p.gq, p.gr], conf) if p.gq is not None else (None, None)
+    score, debug = _score(p, d[0], d[1], conf)
+    return (score, debug) if return_debug else score
 
 
 def save_render_debug(path: str | Path, debug: Mapping, title: str = "") -> None:
@@ -293,24 +336,53 @@ def order_by_densepv(query_rgb: np.ndarray, camera: Camera, candidates: list,
     or a callable names -> (points, colours). Candidates that failed PnP or whose points cannot be
     loaded or rendered keep ``densepv_score=None`` and go last.
     With ``save_dir``, writes ``save_dir/<query_name>__<rank>_<db>.png`` debug pictures.
+    Each candidate's score equals ``densepv_score`` for it: the renderings are made a few at a time on the
+    thread budget (points loaded one candidate after the other), the descriptors in batches.
     """
     conf = conf or DensePVConfig()
     source = points if callable(points) else point_source(points, conf)
-    for i, c in enumerate(candidates):
-        if not c.success:
-            continue
-        try:
-            P, C = source(c.db_names or [c.db_name])
-            if save_dir is not None:
-                s, dbg = densepv_score(query_rgb, camera, c.result.pose, P, C, conf=conf, return_debug=True)
-                safe = f"{query_name}__{i:02d}_{c.db_name}".replace("/", "-").replace("<", "").replace(">", "")
+    q, cam_r = _render_size_query(query_rgb, camera, conf)
+    todo = [(i, c) for i, c in enumerate(candidates) if c.success]
+    chunk = max(2, num_threads())
+    prepared: list[tuple[int, Any, _Prepared]] = []
+    for s in range(0, len(todo), chunk):
+        loaded = []
+        for i, c in todo[s:s + chunk]:
+            try:
+                loaded.append((i, c, source(c.db_names or [c.db_name])))
+            except (InputError, OSError, ValueError) as e:  # a bad DB image must not stop the query
+                logger.warning("DensePV failed for %s / %s: %s", query_name, c.db_name, e)
+                c.densepv_score = None
+
+        def prepare(item: tuple[int, Any, tuple[np.ndarray, np.ndarray]]) -> _Prepared | Exception:
+            _, c, (P, C) = item
+            try:
+                return _prepare(q, cam_r, c.result.pose, P, C, conf)
+            except (InputError, ValueError, cv2.error) as e:
+                return e
+
+        for (i, c, _), p in zip(loaded, map_threads(prepare, loaded), strict=True):
+            if isinstance(p, Exception):
+                logger.warning("DensePV failed for %s / %s: %s", query_name, c.db_name, p)
+                c.densepv_score = None
+            else:
+                prepared.append((i, c, p))
+    described = [t for t in prepared if t[2].gq is not None]
+    desc: dict[int, np.ndarray] = {}
+    for s in range(0, len(described), DESCRIBE_BATCH):
+        part = described[s:s + DESCRIBE_BATCH]
+        d = _describe([g for _, _, p in part for g in (p.gq, p.gr)], conf)
+        desc.update((i, d[2 * k:2 * k + 2]) for k, (i, _, _) in enumerate(part))
+    for i, c, p in prepared:
+        d = desc.get(i, (None, None))
+        score, dbg = _score(p, d[0], d[1], conf)
+        c.densepv_score = float(score)
+        if save_dir is not None:
+            safe = f"{query_name}__{i:02d}_{c.db_name}".replace("/", "-").replace("<", "").replace(">", "")
+            try:
                 save_render_debug(Path(save_dir) / f"{safe}.png", dbg,
                                   title=f"{query_name} vs {c.db_name}: {c.num_inliers} inliers")
-            else:
-                s = densepv_score(query_rgb, camera, c.result.pose, P, C, conf=conf)
-            c.densepv_score = float(s)
-        except (InputError, OSError, ValueError, cv2.error) as e:  # a bad DB image must not stop the query
-            logger.warning("DensePV failed for %s / %s: %s", query_name, c.db_name, e)
-            c.densepv_score = None
+            except OSError as e:  # the picture is a by-product: the score stands
+                logger.warning("DensePV picture not written for %s / %s: %s", query_name, c.db_name, e)
     return sorted(candidates, key=lambda c: (c.densepv_score is None, -(c.densepv_score or 0.0),
                                              -c.num_inliers))

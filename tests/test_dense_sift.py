@@ -53,3 +53,28 @@ def test_shift_equivariance_and_brightness_invariance():
     np.testing.assert_allclose(a[:, 8:-8], b[:, 10:-6], atol=1e-5)
     c = dense_rootsift_image(0.5 * img + 0.2, 8, 4)  # affine brightness change
     np.testing.assert_allclose(a[4:-4, 4:-4], c[4:-4, 4:-4], atol=2e-2)
+
+
+def test_descriptors_from_the_sampled_lattice_equal_the_full_filter(monkeypatch):
+    """Filtering only the pixels the cell sampling reads gives the same descriptors bit for bit."""
+    import matching.dense_sift as ds
+
+    g = torch.Generator().manual_seed(1)
+    cases = ((2, 61, 83, 8, 8), (1, 48, 64, 8, 4), (1, 37, 50, 12, 4), (2, 40, 41, 5, 5), (1, 33, 47, 4, 8))
+    fast = []
+    for b, h, w, bin_size, step in cases:
+        img = torch.rand(b, 1, h, w, generator=g)
+        fast.append(dense_rootsift(img, bin_size=bin_size, step=step, min_contrast=0.05))
+        assert len(ds.sampled_residues(step / 2 - 0.5 + (np.arange(4) - 1.5) * bin_size, step)) < step
+    monkeypatch.setattr(ds, "sampled_residues", lambda centres, period: list(range(period)))
+    g = torch.Generator().manual_seed(1)
+    for (b, h, w, bin_size, step), d in zip(cases, fast):
+        img = torch.rand(b, 1, h, w, generator=g)
+        assert torch.equal(d, dense_rootsift(img, bin_size=bin_size, step=step, min_contrast=0.05)), (h, w, step)
+
+
+def test_sampled_residues_cover_floor_and_ceiling_and_integer_rounding():
+    from matching.dense_sift import sampled_residues
+
+    assert sampled_residues(np.array([3.5, -8.5]), 8) == [0, 3, 4, 7]
+    assert sampled_residues(np.array([8.0]), 8) == [0, 1, 7]  # an integer coordinate may round down

@@ -113,6 +113,19 @@ def test_order_by_densepv_picks_true_pose(room, tmp_path: Path) -> None:
     assert ranked2[0].densepv_score == pytest.approx(ranked[0].densepv_score, rel=1e-6)
 
 
+def test_batched_scores_equal_single_candidate_scores(room) -> None:
+    """order_by_densepv (renderings on threads, descriptors in batches) gives each candidate densepv_score's number."""
+    q_rgb, q_pose, P, C = room
+    poses = [q_pose] + [perturb(q_pose, dpos=[0.03 * k, 0, 0], rot_deg=k) for k in range(1, 7)]
+    conf = DensePVConfig(target_size=200)
+    cands = [Candidate(f"c{k}", PoseResult(True, pose=p, num_inliers=50), db_names=[f"c{k}"])
+             for k, p in enumerate(poses)]
+    order_by_densepv(q_rgb, CAM, cands, lambda names: (P, C), conf)  # 7 candidates: two batches
+    for c, p in zip(cands, poses):
+        assert c.densepv_score == densepv_score(q_rgb, CAM, p, P, C, conf=conf)
+    assert len({c.densepv_score for c in cands}) == len(cands)
+
+
 def test_synthetic_building_true_pose_wins(tmp_path: Path) -> None:
     """On the project's synthetic building (query with another illumination), true >> perturbed."""
     S = datasets.synthetic
