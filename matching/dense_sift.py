@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -126,13 +127,16 @@ def orientation_maps(gray: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
 
 
 def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: float = 0.0,
-                   contrast_eps: float = 1e-3, min_contrast: float = 0.0) -> torch.Tensor:
+                   contrast_eps: float = 1e-3, min_contrast: float = 0.0, exact: bool = True) -> torch.Tensor:
     """Dense RootSIFT of grey images [B, 1, H, W] (0..1) -> [B, 128, H//step, W//step].
 
     Descriptors are L2-normalised, except with ``min_contrast`` > 0: each descriptor is then
     scaled by clamp(c / min_contrast, 0, 1)^2, c = mean gradient magnitude per pixel (image units)
     over its 4 x 4 cells, so flat or noise-only regions (blank walls, black areas) get
     near-zero descriptors instead of unit-norm noise that matches everything.
+    ``exact=False``: the same descriptors computed faster on a CPU (OpenCV's separable filter, normalised
+    along a contiguous axis; the returned tensor is a channels-last view): equal up to float rounding, so
+    for callers whose results must not move with the last bits of the features, keep ``exact``.
     """
     if gray.dim() != 4 or gray.shape[1] != 1:
         raise ValueError(f"expected grey images [B,1,H,W], got {tuple(gray.shape)}")
@@ -147,11 +151,13 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
     cx = torch.arange(w, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
     cy = torch.arange(h, device=gray.device, dtype=gray.dtype) * step + step / 2.0 - 0.5
     offsets = (torch.arange(NUM_CELLS, device=gray.device, dtype=gray.dtype) - (NUM_CELLS - 1) / 2.0) * bin_size
+    C = NUM_ORIENTATIONS
+    if not exact and gray.device.type == "cpu":
+        return _fast_descriptors(omaps, cx, cy, offsets, bin_size, contrast_eps, min_contrast)
     # the samples of each cell offset form a lattice of period ``step``: filter only the pixels they read
     first = step / 2.0 - 0.5 + (np.arange(NUM_CELLS) - (NUM_CELLS - 1) / 2.0) * bin_size
     res = sampled_residues(first, step)
     filt = triangle_filter(omaps, bin_size, None if len(res) == step else (step, res, res))
-    C = NUM_ORIENTATIONS
     parts = []
     for oy in offsets:
         for ox in offsets:
@@ -174,6 +180,35 @@ def dense_rootsift(gray: torch.Tensor, bin_size: int = 8, step: int = 8, sigma: 
     if min_contrast > 0:
         desc = desc * (energy / min_contrast).clamp(max=1.0) ** 2
     return desc
+
+
+def _fast_descriptors(omaps: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, offsets: torch.Tensor,
+                      bin_size: int, contrast_eps: float, min_contrast: float) -> torch.Tensor:
+    """``dense_rootsift(exact=False)`` from the orientation maps [B, 8, H, W]: OpenCV's separable triangle
+    filter, one sampling of all 4 x 4 cell offsets, normalisation along a contiguous last axis."""
+    B, C, H, W = omaps.shape
+    h, w = len(cy), len(cx)
+    kernel = _triangle_kernel(bin_size, omaps.device, torch.float32).numpy()
+    planes = omaps.reshape(B * C, H, W).numpy()
+    filt = np.empty_like(planes)
+    for i in range(B * C):
+        cv2.sepFilter2D(planes[i], -1, kernel, kernel, dst=filt[i], borderType=cv2.BORDER_CONSTANT)
+    gx = torch.cat([2 * (cx + o) / max(W - 1, 1) - 1 for o in offsets])  # 4w: cell column-major
+    gy = torch.cat([2 * (cy + o) / max(H - 1, 1) - 1 for o in offsets])  # 4h
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].expand(B, 4 * h, 4 * w, 2)
+    s = F.grid_sample(torch.from_numpy(filt).reshape(B, C, H, W), grid, mode="bilinear", padding_mode="zeros",
+                      align_corners=True)  # [B, 8, 4h (cell row, y), 4w (cell column, x)]
+    n = NUM_CELLS
+    desc = s.view(B, C, n, h, n, w).permute(0, 3, 5, 2, 4, 1).reshape(B, h, w, n * n * C)  # cell-major, orient.-minor
+    energy = desc.sum(dim=-1, keepdim=True) / (n * n * bin_size * bin_size)
+    desc = desc / (torch.linalg.vector_norm(desc, dim=-1, keepdim=True) + contrast_eps)
+    desc = desc.clamp(max=0.2)
+    desc = desc / (desc.sum(dim=-1, keepdim=True) + 1e-12)
+    desc = desc.clamp(min=0).sqrt()
+    desc = desc / (torch.linalg.vector_norm(desc, dim=-1, keepdim=True) + 1e-12)
+    if min_contrast > 0:
+        desc = desc * (energy / min_contrast).clamp(max=1.0) ** 2
+    return desc.permute(0, 3, 1, 2)
 
 
 def to_gray(img: np.ndarray) -> torch.Tensor:

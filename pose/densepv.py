@@ -170,10 +170,11 @@ def _prepare(q: np.ndarray, cam_r: Camera, pose: Pose, points_world: np.ndarray,
 
 
 def _describe(grey: Sequence[np.ndarray], conf: DensePVConfig) -> np.ndarray:
-    """Dense RootSIFT of equally sized normalised grey images -> [N, 128, h, w] (one batch)."""
+    """Dense RootSIFT of equally sized normalised grey images -> [N, 128, h, w] (one batch; the fast
+    computation: a score is a median of distances, unmoved by the last bits of the descriptors)."""
     with torch.no_grad():
         return dense_rootsift(torch.from_numpy(np.stack(grey))[:, None], bin_size=conf.bin_size,
-                              step=conf.step).numpy()
+                              step=conf.step, exact=False).numpy()
 
 
 def _score(p: _Prepared, d_query: np.ndarray | None, d_render: np.ndarray | None, conf: DensePVConfig

@@ -78,3 +78,15 @@ def test_sampled_residues_cover_floor_and_ceiling_and_integer_rounding():
 
     assert sampled_residues(np.array([3.5, -8.5]), 8) == [0, 3, 4, 7]
     assert sampled_residues(np.array([8.0]), 8) == [0, 1, 7]  # an integer coordinate may round down
+
+
+def test_fast_descriptors_equal_exact_ones_up_to_rounding():
+    """exact=False (OpenCV filter, channels-last normalisation) computes the same descriptors."""
+    g = torch.Generator().manual_seed(2)
+    for b, h, w, bin_size, step, min_contrast in ((2, 61, 83, 8, 4, 0.0), (1, 50, 70, 6, 8, 0.05), (1, 33, 47, 4, 8, 0.0)):
+        img = torch.rand(b, 1, h, w, generator=g)
+        exact = dense_rootsift(img, bin_size=bin_size, step=step, min_contrast=min_contrast)
+        fast = dense_rootsift(img, bin_size=bin_size, step=step, min_contrast=min_contrast, exact=False)
+        assert fast.shape == exact.shape
+        torch.testing.assert_close(fast, exact, rtol=0, atol=1e-6)
+        assert not torch.equal(fast, exact)  # the fast path was taken: a different order of operations
