@@ -7,6 +7,7 @@ Examples:
   python benchmarks/bench_ncnet.py --inloc               # a query vs 10 database images, 3200x2400 + relocalization:
                                                          # old path (pairwise, float32) vs new (features once)
   python benchmarks/bench_ncnet.py --inloc --inloc-size 1600x1200 --db 4 --old-pairs 1   # development run
+  python benchmarks/bench_ncnet.py --inloc --store      # + the query with the database features stored (float16)
 Each case runs in a subprocess so its peak RSS (CPU) is its own. Random weights: timings only.
 """
 
@@ -227,16 +228,18 @@ def textured_images(width: int, height: int, n: int, seed: int = 0) -> list:
 
 
 def inloc_path(path: str, width: int, height: int, n_db: int, pairs: int, precision: str, channels_last: bool,
-               out_npz: str) -> dict:
+               out_npz: str, store_dir: str | None = None) -> dict:
     """One InLoc-style query against database images in this process (random official-layout weights).
 
     path 'old': today's pairwise matching (float32 NCHW backbone, slab correlation, both images' features
     recomputed for every pair) on the first ``pairs`` pairs; 'new': each image's features once (query once,
     then each database image), backbone in ``precision`` / channels-last, blocked correlation, all
-    ``n_db`` pairs. Matches of each pair go to ``out_npz``."""
+    ``n_db`` pairs; with ``store_dir``, then the database features are written to a float16 ``FeatureStore``
+    there (not timed: the offline description of the database) and the query is matched again with them read
+    back (the query's features computed anew). Matches of each pair go to ``out_npz``."""
     import numpy as np
 
-    from matching.features import resolve_precision
+    from matching.features import FeatureStore, resolve_precision
     from matching.match import image_features, match_dense_head, match_images
     from matching.model import build_ncnet
 
@@ -248,7 +251,14 @@ def inloc_path(path: str, width: int, height: int, n_db: int, pairs: int, precis
     dtype = resolve_precision(precision) if path == "new" else torch.float32
     model.features.set_compute(dtype, channels_last and path == "new")
     model.correlation_method = "blocked" if path == "new" else "slab"
-    matches, backbone_s = {}, 0.0
+    matches, backbone_s, untimed = {}, 0.0, 0.0
+    store = None
+    if store_dir is not None and path == "new":
+        import cv2
+
+        store = FeatureStore(store_dir, {"benchmark": "inloc", "size": size})
+        for i in range(pairs):  # the store is keyed by file content: the database images as files
+            cv2.imwrite(f"{store_dir}/db{i}.png", db[i][..., ::-1])
     t0 = time.perf_counter()
     with torch.no_grad():
         if path == "old":
@@ -263,12 +273,28 @@ def inloc_path(path: str, width: int, height: int, n_db: int, pairs: int, precis
                 fd = image_features(model, db[i], size, model.cell_multiple)
                 backbone_s += time.perf_counter() - tb
                 matches[f"pair{i}"] = match_dense_head(model, fq, fd, max_matches=MAX_MATCHES_INLOC)
-    total = time.perf_counter() - t0
+                if store is not None:  # offline description of the database for the phase below: not timed
+                    tu = time.perf_counter()
+                    store.fetch(f"{store_dir}/db{i}.png", lambda fd=fd: fd)
+                    untimed += time.perf_counter() - tu
+    total = time.perf_counter() - t0 - untimed
+    stored = {}
+    if store is not None:
+        with torch.no_grad():
+            ts = time.perf_counter()
+            fq = image_features(model, query, size, model.cell_multiple)
+            store_backbone = time.perf_counter() - ts
+            for i in range(pairs):
+                fd = store.fetch(f"{store_dir}/db{i}.png", lambda: None)
+                stored[f"store{i}"] = match_dense_head(model, fq, fd, max_matches=MAX_MATCHES_INLOC)
+            store_s = time.perf_counter() - ts
+        matches.update(stored)
     np.savez(out_npz, **{f"{k}/{f}": v for k, m in matches.items() for f, v in m.items()})
-    return {"path": path, "size": f"{width}x{height}", "pairs": pairs, "seconds": total,
+    extra = {"store_seconds": store_s, "store_query_backbone_s": store_backbone} if stored else {}
+    return {**extra, "path": path, "size": f"{width}x{height}", "pairs": pairs, "seconds": total,
             "seconds_per_pair": total / pairs, "backbone_s": backbone_s if path == "new" else None,
             "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last and path == "new",
-            "matches_per_pair": float(np.mean([len(m["scores"]) for m in matches.values()])),
+            "matches_per_pair": float(np.mean([len(m["scores"]) for k, m in matches.items() if k.startswith("pair")])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "torch_threads": torch.get_num_threads()}
 
@@ -288,7 +314,7 @@ def inloc_benchmark(args: argparse.Namespace) -> dict:
         common = dict(width=width, height=height, n_db=args.db, precision=args.precision,
                       channels_last=args.channels_last)
         new = subprocess_case(args.threads, inloc_path=True, path="new", pairs=args.db,
-                              out_npz=f"{tmp}/new.npz", **common)
+                              out_npz=f"{tmp}/new.npz", store_dir=tmp if args.store else None, **common)
         old = subprocess_case(args.threads, inloc_path=True, path="old", pairs=old_pairs,
                               out_npz=f"{tmp}/old.npz", **common)
         if "error" in new or "error" in old:
@@ -299,12 +325,18 @@ def inloc_benchmark(args: argparse.Namespace) -> dict:
             return {f: store[f"pair{i}/{f}"] for f in ("keypoints0", "keypoints1", "scores")}
 
         agree = [match_agreement(pair(mo, i), pair(mn, i)) for i in range(old_pairs)]
+        agree_store = [match_agreement(pair(mo, i), {f: mn[f"store{i}/{f}"] for f in ("keypoints0", "keypoints1",
+                                                                                      "scores")})
+                       for i in range(old_pairs)] if args.store else []
     old_query = old["seconds_per_pair"] * args.db
     res = {"inloc": True, "size": f"{width}x{height}", "db_images": args.db, "old": old, "new": new,
            "old_seconds_per_query": old_query, "old_extrapolated_from_pairs": old_pairs if old_pairs < args.db else None,
            "new_seconds_per_query": new["seconds"], "new_over_old": new["seconds"] / old_query,
            "new_peak_rss_mb": new["peak_rss_mb"], "agreement_mean": float(np.mean(agree)),
            "agreement_min": float(np.min(agree)), "agreement_pairs": old_pairs}
+    if args.store:
+        res.update({"store_seconds_per_query": new["store_seconds"], "store_over_old": new["store_seconds"] / old_query,
+                    "store_agreement_mean": float(np.mean(agree_store)), "store_agreement_min": float(np.min(agree_store))})
     label = f" (EXTRAPOLATED from {old_pairs} of {args.db} pairs)" if old_pairs < args.db else ""
     print(f"InLoc-style query, {res['size']}, {args.db} database images, relocalization, "
           f"{torch.get_num_threads()} threads")
@@ -314,6 +346,11 @@ def inloc_benchmark(args: argparse.Namespace) -> dict:
     print(f"  new / old: {res['new_over_old']:.2f}x; new path peak RSS {new['peak_rss_mb']:.0f} MB; "
           f"same matches (new vs old float32): mean {res['agreement_mean']:.4f}, min {res['agreement_min']:.4f} "
           f"over {old_pairs} pairs")
+    if args.store:
+        print(f"  with the database's features stored (float16, described offline; the query's computed): "
+              f"{res['store_seconds_per_query']:.1f} s per query = {res['store_over_old']:.2f}x old "
+              f"(query backbone {new['store_query_backbone_s']:.1f} s); same matches as old: mean "
+              f"{res['store_agreement_mean']:.4f}, min {res['store_agreement_min']:.4f}")
     return res
 
 
@@ -347,6 +384,8 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="--inloc: the new path's backbone precision")
     ap.add_argument("--channels-last", action="store_true", help="--inloc: new path's backbone in channels-last")
+    ap.add_argument("--store", action="store_true",
+                    help="--inloc: also the query with the database features read from a float16 FeatureStore")
     ap.add_argument("--consensus-only", metavar="SHAPE",
                     help="time + peak RSS of the consensus stage alone on a random hAxwAxhBxwB tensor "
                          "(e.g. 100x75x100x75: a 3200x2400 pair pooled by relocalization), in a subprocess")

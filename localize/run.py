@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ncnet-weights", help="NCNet checkpoint (official .pth.tar layout)")
     p.add_argument("--netvlad-weights", help="NetVLAD .mat (Pitts30K_struct.mat layout)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--store-db-features", action="store_true",
+                   help="keep database images' matching features in the export folder (float16, db-features-*.parts/): "
+                        "later runs and queries read them instead of recomputing them")
     p.add_argument("--plot", action="store_true", help="PNG per query and scene.ply with camera centres")
     p.add_argument("--save-renders", action="store_true", help="keep DensePV renderings (export-dir/renders)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -241,7 +244,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if not a.query_dir or not a.db:
         p.error("--query-dir and --db are required (or --demo)")
     try:
-        conf = resolve_conf(a.conf, a.top_k, a.ncnet_weights, a.netvlad_weights)
+        conf = resolve_conf(a.conf, a.top_k, a.ncnet_weights, a.netvlad_weights, a.store_db_features)
     except ConfigError as e:
         p.error(str(e))
     print("configuration:", json.dumps(conf.to_dict(), indent=1))

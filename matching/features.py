@@ -7,14 +7,18 @@ input image (COLMAP convention), i.e. the grid covers the image.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from localize.core.cache import StageCache, content_fingerprint
 from localize.core.torchfile import load_torch_file
 from matching.correlation import feature_l2norm
 from matching.dense_sift import dense_rootsift
@@ -27,6 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_NAMES = ("dense-rootsift", "resnet101", "learned")
 PRECISIONS = ("auto", "float32", "bfloat16")
 CPUINFO = Path("/proc/cpuinfo")
+FEATURE_STORE_STAGE = "db-features"
 # torchvision resnet101 module name -> index in NCNet's Sequential(conv1, bn1, relu, maxpool, layer1..3)
 TORCHVISION_TO_SEQUENTIAL = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6}
 
@@ -192,6 +197,48 @@ class FeatureLRU:
             self.nbytes -= dropped.nbytes
 
 
+def extractor_identity(module: nn.Module) -> str:
+    """Fingerprint of a feature extractor (16 hex digits): its class, its plain settings and every parameter
+    and buffer value, whatever file they came from."""
+    h = hashlib.sha1(type(module).__name__.encode())
+    for k, v in sorted(vars(module).items()):
+        if isinstance(v, bool | int | float | str) and not k.startswith("_") and k != "training":
+            h.update(f"{k}={v!r};".encode())
+    for k, t in sorted(module.state_dict().items()):
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FeatureStore:
+    """Database images' features on disk in float16: the stage cache ``db-features`` of an export folder,
+    one entry per image content (``content_fingerprint``), for the extractor settings in ``identity``.
+
+    ``fetch`` hands out the float16-rounded features whether it computed them now or read them back, so the
+    matches do not depend on which. Entries stay as the stage's parts (never merged into one file: a
+    3200 x 2400 ResNet-101 map is tens of MB) and are never deleted by the pipeline.
+    """
+
+    def __init__(self, export_dir: str | Path, identity: dict) -> None:
+        self.cache = StageCache(export_dir, FEATURE_STORE_STAGE, identity)
+        self.hits = self.misses = 0
+
+    def fetch(self, path: str | Path, compute: Callable[[], ImageFeatures]) -> ImageFeatures:
+        """The features of the image at ``path``: read from the store, or ``compute()``d, rounded and stored."""
+        key = content_fingerprint(path)
+        if self.cache.has(key):
+            e = self.cache.get(key)
+            self.hits += 1
+            return ImageFeatures(torch.from_numpy(e["tensor"]).float(), tuple(int(v) for v in e["image_hw"]),
+                                 tuple(int(v) for v in e["input_hw"]))
+        self.misses += 1
+        feat = compute()
+        half = feat.tensor.detach().to(torch.float16).cpu()
+        self.cache.put(key, {"tensor": half.numpy(), "image_hw": np.array(feat.image_hw, dtype=np.int64),
+                             "input_hw": np.array(feat.input_hw, dtype=np.int64)}, key)
+        return ImageFeatures(half.float().to(feat.tensor.device), feat.image_hw, feat.input_hw)
+
+
 def build_features(name: str, backbone_weights: str | Path | None = None, step: int = 8) -> nn.Module:
     """Feature extractor by name: 'dense-rootsift' (``step`` px grid), 'resnet101' (optional torchvision .pth)
     or 'learned' (``matching.learned_features``; packaged weights, or ``backbone_weights`` = its weight file)."""
@@ -208,6 +255,7 @@ def build_features(name: str, backbone_weights: str | Path | None = None, step: 
     raise ValueError(f"unknown features {name!r}; choose from {FEATURE_NAMES}")
 
 
-__all__ = ["FEATURE_NAMES", "PRECISIONS", "TORCHVISION_TO_SEQUENTIAL", "DenseRootSIFTFeatures", "FeatureLRU",
+__all__ = ["FEATURE_NAMES", "FEATURE_STORE_STAGE", "PRECISIONS", "TORCHVISION_TO_SEQUENTIAL", "DenseRootSIFTFeatures",
+           "FeatureLRU", "FeatureStore", "extractor_identity",
            "ImageFeatures", "ResNet101Features", "build_features", "cpu_has_bf16_matrix_units", "load_backbone_state",
            "resolve_precision"]

@@ -23,7 +23,7 @@ from localize.core.config import from_dict, positive_int
 from localize.core.errors import InputError
 from localize.core.records import load_rgb
 from matching.extract import extract_matches
-from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, resolve_precision
+from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, extractor_identity, resolve_precision
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
@@ -53,7 +53,8 @@ class MatchConfig:
     matching worker across queries (MiB, least recently used dropped first; 0 = none); scales / rotations: match B
     at each of these relative sizes and quarter turns, per cell of A the best (``matching.pyramid``; (1.0,) / (0,) =
     off); prescreen: only the identity and this many other configurations, those with the strongest raw mutual
-    neighbours, through consensus (0 = all).
+    neighbours, through consensus (0 = all); store_db_features: the pipeline keeps database images' features
+    in its export folder in float16 (``matching.features.FeatureStore``; read back by later runs and queries).
 
     """
 
@@ -76,6 +77,7 @@ class MatchConfig:
     scales: tuple[float, ...] = (1.0,)
     rotations: tuple[int, ...] = (0,)
     prescreen: int = 0
+    store_db_features: bool = False
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -122,6 +124,13 @@ class Matcher:
         if c.sparse:
             return sparse_cell_multiple(self.model, c.reloc_mode if c.relocalize else "none")
         return self.model.cell_multiple
+
+    def feature_identity(self) -> dict[str, object]:
+        """What an image's features depend on besides its content: extractor (weights included), input size
+        rule, compute dtype and layout, device type (the key of a ``FeatureStore``)."""
+        return {"extractor": extractor_identity(self.model.features), "image_size": int(self.conf.image_size),
+                "cell_multiple": int(self.cell_multiple), "dtype": str(self.dtype),
+                "channels_last": bool(self.conf.channels_last), "device": torch.device(self.device).type}
 
     def features(self, img: np.ndarray) -> ImageFeatures:
         """H x W x 3 uint8 RGB image -> its ``ImageFeatures`` (to pair with any other image's)."""

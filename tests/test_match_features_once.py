@@ -91,6 +91,43 @@ def test_match_worker_reuses_features(tmp_path) -> None:
             assert np.array_equal(res["scores"], ref["scores"].astype(np.float32))
 
 
+def test_float16_feature_store_is_read_back_by_later_workers(tmp_path) -> None:
+    """store_db_features: the first worker computes and stores database features (float16), a fresh worker
+    (another run) reads them instead of computing them, with the same matches; they agree with float32 ones."""
+    imgs = textures(3)
+    paths = []
+    for i, img in enumerate(imgs):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], img[..., ::-1])
+    tasks = [(paths[0], paths[1]), (paths[0], paths[2])]
+    conf = MatchConfig(image_size=160, relocalize=True, store_db_features=True)
+    runs = []
+    for _ in range(2):
+        worker = MatchWorker(conf, store_dir=str(tmp_path / "export"))
+        worker(tasks[0])  # builds the matcher and the store
+        calls = []
+        features = worker._matcher.features
+        worker._matcher.features = lambda img, f=features, c=calls: c.append(1) or f(img)
+        worker._query, worker.db_features = None, FeatureLRU(0)
+        runs.append(([worker(t) for t in tasks], len(calls), worker._store))
+    (first, calls_first, store_first), (second, calls_second, store_second) = runs
+    # first run: the warm-up task stored database image 1, so the query and image 2 are computed; second: the query
+    assert calls_first == 2 and calls_second == 1
+    assert store_first.misses == 2 and store_first.hits == 1
+    assert store_second.hits == 3 and store_second.misses == 0
+    assert len(list((tmp_path / "export").glob("db-features-*.parts/*.h5"))) == 2
+    for a, b in zip(first, second):
+        for k in ("keypoints0", "keypoints1", "scores"):
+            assert np.array_equal(a[k], b[k]), k
+    plain = MatchWorker(MatchConfig(image_size=160, relocalize=True))
+    for t, stored in zip(tasks, second):
+        assert match_agreement(stored, plain(t)) >= 0.9
+    other = MatchWorker(MatchConfig(image_size=128, relocalize=True, store_db_features=True),
+                        store_dir=str(tmp_path / "export"))
+    other(tasks[0])
+    assert other._store.misses == 1  # another input size: another store, nothing reused
+
+
 def test_feature_lru_bounded_in_bytes() -> None:
     def item(n: int) -> ImageFeatures:
         return ImageFeatures(torch.zeros(1, 1, 1, n), (1, n), (1, n))  # 4n bytes

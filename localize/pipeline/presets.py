@@ -147,7 +147,8 @@ def build_config(conf: str | dict[str, Any] | PipelineConfig) -> PipelineConfig:
 
 
 def resolve_conf(name: str | dict[str, Any] | PipelineConfig, top_k: int | None = None,
-                 ncnet_weights: str | None = None, netvlad_weights: str | None = None) -> PipelineConfig:
+                 ncnet_weights: str | None = None, netvlad_weights: str | None = None,
+                 store_db_features: bool = False) -> PipelineConfig:
     """A preset with command-line overrides applied; ConfigError if a required weight file is missing."""
     conf = build_config(name)
     retrieval = conf.retrieval
@@ -156,6 +157,8 @@ def resolve_conf(name: str | dict[str, Any] | PipelineConfig, top_k: int | None 
     if netvlad_weights:
         retrieval = dataclasses.replace(retrieval, weights=str(netvlad_weights))
     matching = dataclasses.replace(conf.matching, weights=str(ncnet_weights)) if ncnet_weights else conf.matching
+    if store_db_features:
+        matching = dataclasses.replace(matching, store_db_features=True)
     conf = dataclasses.replace(conf, retrieval=retrieval, matching=matching)
     w = conf.matching.weights
     if isinstance(w, str) and w.startswith(REQUIRED):

@@ -225,7 +225,8 @@ def match(ctx: RunContext, shortlists: Shortlists) -> StageCache:
     for mconf, across_scales in ((conf, False), (searched, True)):
         group = [(q, db) for q, db in tasks if (q.name in ctx.scale_searched) == across_scales]
         paths = [(str(q.path), str(ctx.database[db].image_path)) for q, db in group]
-        for i, res in ctx.executor.run(MatchWorker, (mconf, ctx.device), paths, "matching", resources):
+        store = str(ctx.export_dir) if mconf.store_db_features else None
+        for i, res in ctx.executor.run(MatchWorker, (mconf, ctx.device, store), paths, "matching", resources):
             q, db = group[i]
             if isinstance(res, Exception):
                 ctx.logs[q.name].fail("matching", f"{q.name} vs {db}: {res}")

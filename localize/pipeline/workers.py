@@ -17,7 +17,7 @@ import numpy as np
 from datasets.database import load_database
 from localize.core.geometry import Camera
 from localize.core.records import load_rgb
-from matching.features import FeatureLRU, ImageFeatures
+from matching.features import FeatureLRU, FeatureStore, ImageFeatures
 from matching.match import MatchConfig, Matcher
 from pose.candidates import (
     CandidatesConfig,
@@ -35,13 +35,15 @@ class MatchWorker:
 
     Each image's features are computed once: the query's are kept while its tasks follow one another (the
     stage sends them grouped per query), database images' are kept across queries in a ``FeatureLRU`` of
-    ``conf.feature_cache_mb`` MiB keyed by path, size and modification time. ``time_s`` counts the backbone
+    ``conf.feature_cache_mb`` MiB keyed by path, size and modification time, and with ``conf.store_db_features``
+    in ``store_dir`` in float16 (``FeatureStore``: later runs and other workers read them back). ``time_s`` counts the backbone
     passes this task needed (none for a cached image) and the matching head.
     """
 
-    def __init__(self, conf: MatchConfig, device: str = "cpu") -> None:
-        self.conf, self.device = conf, device
+    def __init__(self, conf: MatchConfig, device: str = "cpu", store_dir: str | None = None) -> None:
+        self.conf, self.device, self.store_dir = conf, device, store_dir
         self._matcher: Matcher | None = None
+        self._store: FeatureStore | None = None
         self._query: tuple[tuple, np.ndarray, ImageFeatures] | None = None
         self.db_features = FeatureLRU(int(conf.feature_cache_mb) * 2**20)
 
@@ -49,6 +51,8 @@ class MatchWorker:
         q_path, db_path = task
         if self._matcher is None:
             self._matcher = Matcher(self.conf, self.device)
+            if self.store_dir is not None and self.conf.store_db_features:
+                self._store = FeatureStore(self.store_dir, self._matcher.feature_identity())
         t0 = time.time()
         if self._matcher.pyramid:  # one network pass per scale of the pair: nothing per image to keep
             m = self._matcher.match(load_rgb(q_path), load_rgb(db_path))
@@ -61,9 +65,14 @@ class MatchWorker:
         _, q_img, q_feat = self._query
         db_key = _file_key(db_path)
         db_feat = self.db_features.get(db_key)
-        db_img = load_rgb(db_path) if db_feat is None or self.conf.refine else None
+        db_img = load_rgb(db_path) if self.conf.refine else None
         if db_feat is None:
-            db_feat = self._matcher.features(db_img)
+            matcher = self._matcher
+
+            def compute() -> ImageFeatures:
+                return matcher.features(db_img if db_img is not None else load_rgb(db_path))
+
+            db_feat = compute() if self._store is None else self._store.fetch(db_path, compute)
             self.db_features.put(db_key, db_feat)
         m = self._matcher.match_features(q_feat, db_feat, q_img, db_img)
         return _match_record(m, time.time() - t0)
