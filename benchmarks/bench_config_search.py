@@ -10,6 +10,12 @@ score, turn set and scale range: the total of correct mutual nearest neighbours 
 picks (the higher, the better the selection), against the total of the best configurations.
 
     python benchmarks/bench_config_search.py [--pairs 16] [--seed 0] [--threads 1] [--json out.json]
+
+``--matches``: instead, the final matches of ``match_images_learned`` (default search: 8 turns, scales
+sqrt(2)^k, |k| <= 3, agreement, NCC refinement) for the learned features and for dense RootSIFT, on the same
+kind of held-out pairs: share of the top 1000 matches by score within 3 px of the truth in B (MMA@3) and
+homographies found (mean corner error < 5 px), for matches kept by peak NCC >= t, t in MIN_NCC (the setting of
+``RefineConfig.min_ncc`` is chosen here, not on the Oxford validation sequences).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ PHOTOS = ROOT.parent / "shared" / "data" / "realphotos_ssl"
 VIEW_WH = (640, 480)
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.4, 2.0, 2.8, 4.0)
 SCORES = ("strength", "agree2", "agree3", "agree4")
+MIN_NCC = (None, 0.5, 0.7, 0.8, 0.9)
 
 
 def view(photo: np.ndarray, zoom: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -110,18 +117,83 @@ def summary(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def match_quality(m: dict, H: np.ndarray, shape_b: tuple[int, int], top: int = 1000) -> dict:
+    """MMA@3 (B px) of the ``top`` matches by score and homography success (corner error < 5 px) for each
+    NCC threshold of MIN_NCC; matches in COLMAP pixels, ``H`` A px -> B px."""
+    out = {}
+    for t in MIN_NCC:
+        keep = np.ones(len(m["scores"]), bool) if t is None else m["ncc"] >= t
+        order = np.argsort(-m["scores"][keep], kind="stable")[:top]
+        k0, k1 = m["keypoints0"][keep][order], m["keypoints1"][keep][order]
+        p = np.c_[k0, np.ones(len(k0))] @ H.T
+        err = np.linalg.norm(p[:, :2] / p[:, 2:] - k1, axis=1) if len(k0) else np.zeros(0)
+        ok, corner = False, float("inf")
+        if len(k0) >= 4:
+            He, _ = cv2.findHomography(k0 - 0.5, k1 - 0.5, cv2.RANSAC, 3.0)
+            if He is not None:
+                T = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
+                He = np.linalg.inv(T) @ He @ T
+                h, w = shape_b
+                c = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1.0]])
+                a, b = c @ He.T, c @ H.T
+                corner = float(np.linalg.norm(a[:, :2] / a[:, 2:] - b[:, :2] / b[:, 2:], axis=1).mean())
+                ok = corner < 5.0
+        out[str(t)] = {"matches": int(len(k0)), "mma3": float((err <= 3).mean()) if len(err) else 0.0,
+                       "homography": bool(ok)}
+    return out
+
+
+def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
+    """The ``--matches`` mode (module docstring)."""
+    from matching.learned_features import match_images_learned
+    from matching.refine import RefineConfig
+
+    root = Path(args.photos)
+    rng = np.random.default_rng(args.seed)
+    search = {"angles": tuple(45.0 * i for i in range(8)), "scales": scale_ladder(3), "select": "agreement",
+              "ncc": RefineConfig()}
+    models = {"learned": build_ncnet(features="learned"), "rootsift": build_ncnet()}
+    records = []
+    for n, i in enumerate(rng.permutation(len(files))[:args.pairs]):
+        photo = load_rgb(root / files[i])
+        z, theta = ZOOMS[n % len(ZOOMS)], float(rng.uniform(-180, 180))
+        a, Ma = view(photo, 1.0 if z < 1 else 1.0 / z, 0.0)
+        b, Mb = view(photo, z if z < 1 else 1.0, theta)
+        H = Mb @ np.linalg.inv(Ma)
+        rec = {"photo": files[i], "z": z, "theta": theta}
+        for name, model in models.items():
+            with torch.no_grad():
+                rec[name] = match_quality(match_images_learned(model, a, b, max(VIEW_WH), **search), H, b.shape[:2])
+        print(n, files[i], f"z {z} turn {theta:.0f}:", {k: {t: round(v["mma3"], 2) for t, v in rec[k].items()}
+                                                       for k in models}, flush=True)
+        records.append(rec)
+    print("| method | min NCC | matches | MMA@3 | homographies |")
+    print("|---|---|---|---|---|")
+    for name in models:
+        for t in MIN_NCC:
+            rows = [r[name][str(t)] for r in records]
+            print(f"| {name} | {t} | {np.mean([r['matches'] for r in rows]):.0f} | "
+                  f"{100 * np.mean([r['mma3'] for r in rows]):.1f}% | {sum(r['homography'] for r in rows)} / {len(rows)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", default=str(PHOTOS))
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--matches", action="store_true", help="final matches' accuracy per NCC threshold instead")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = Path(args.photos)
     with open(root / "manifest.csv", newline="") as f:
         files = [r["file"] for r in csv.DictReader(f) if r["split"] == "val"]
+    if args.matches:
+        return matches_benchmark(args, files)
     rng = np.random.default_rng(args.seed)
     model = build_ncnet(features="learned")
     angles, scales = tuple(45.0 * i for i in range(8)), scale_ladder(4)

@@ -102,6 +102,10 @@ def make_methods(names: list[str], image_size: int, learned_weights: str | None,
         elif name == "rootsift":
             model = build_ncnet()
             methods[name] = (lambda m: lambda a, b: _colmap_to_cv(match_images(m, a, b, image_size)))(model)
+        elif name == "rootsift-search":  # the default dense RootSIFT + consensus, through the learned path's search
+            model = build_ncnet()
+            methods[name] = (lambda m: lambda a, b: _colmap_to_cv(match_images_learned(
+                m, a, b, image_size, **(search or {}))))(model)
         else:
             raise ValueError(f"unknown method {name!r}")
     return methods
