@@ -26,6 +26,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -67,6 +68,18 @@ def view(photo: np.ndarray, zoom: float, angle_deg: float) -> tuple[np.ndarray, 
     img = cv2.warpPerspective(src, np.linalg.inv(T) @ M @ T, (w, h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT_101)
     return img, M
+
+
+def held_out_pairs(args: argparse.Namespace, files: list[str]) -> Iterator[tuple]:
+    """(index, photo name, zoom z, turn deg, view A, view B, homography A px -> B px) of ``args.pairs`` val photos
+    in a seeded order; z cycles through ZOOMS (A shrunk by 1 / z for z > 1, B by z for z < 1)."""
+    rng = np.random.default_rng(args.seed)
+    for n, i in enumerate(rng.permutation(len(files))[:args.pairs]):
+        photo = load_rgb(Path(args.photos) / files[i])
+        z, theta = ZOOMS[n % len(ZOOMS)], float(rng.uniform(-180, 180))
+        a, Ma = view(photo, 1.0 if z < 1 else 1.0 / z, 0.0)
+        b, Mb = view(photo, z if z < 1 else 1.0, theta)
+        yield n, files[i], z, theta, a, b, Mb @ np.linalg.inv(Ma)
 
 
 @torch.no_grad()
@@ -148,23 +161,16 @@ def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
     from matching.learned_features import match_images_learned
     from matching.refine import RefineConfig
 
-    root = Path(args.photos)
-    rng = np.random.default_rng(args.seed)
     search = {"angles": tuple(45.0 * i for i in range(8)), "scales": scale_ladder(3), "select": "agreement",
               "ncc": RefineConfig()}
     models = {"learned": build_ncnet(features="learned"), "rootsift": build_ncnet()}
     records = []
-    for n, i in enumerate(rng.permutation(len(files))[:args.pairs]):
-        photo = load_rgb(root / files[i])
-        z, theta = ZOOMS[n % len(ZOOMS)], float(rng.uniform(-180, 180))
-        a, Ma = view(photo, 1.0 if z < 1 else 1.0 / z, 0.0)
-        b, Mb = view(photo, z if z < 1 else 1.0, theta)
-        H = Mb @ np.linalg.inv(Ma)
-        rec = {"photo": files[i], "z": z, "theta": theta}
+    for n, name_i, z, theta, a, b, H in held_out_pairs(args, files):
+        rec = {"photo": name_i, "z": z, "theta": theta}
         for name, model in models.items():
             with torch.no_grad():
                 rec[name] = match_quality(match_images_learned(model, a, b, max(VIEW_WH), **search), H, b.shape[:2])
-        print(n, files[i], f"z {z} turn {theta:.0f}:", {k: {t: round(v["mma3"], 2) for t, v in rec[k].items()}
+        print(n, name_i, f"z {z} turn {theta:.0f}:", {k: {t: round(v["mma3"], 2) for t, v in rec[k].items()}
                                                        for k in models}, flush=True)
         records.append(rec)
     print("| method | min NCC | matches | MMA@3 | homographies |")
@@ -194,21 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         files = [r["file"] for r in csv.DictReader(f) if r["split"] == "val"]
     if args.matches:
         return matches_benchmark(args, files)
-    rng = np.random.default_rng(args.seed)
     model = build_ncnet(features="learned")
     angles, scales = tuple(45.0 * i for i in range(8)), scale_ladder(4)
     records = []
-    for n, i in enumerate(rng.permutation(len(files))[:args.pairs]):
-        photo = load_rgb(root / files[i])
-        z, theta = ZOOMS[n % len(ZOOMS)], float(rng.uniform(-180, 180))
-        a, Ma = view(photo, 1.0 if z < 1 else 1.0 / z, 0.0)
-        b, Mb = view(photo, z if z < 1 else 1.0, theta)
+    for n, name_i, z, theta, a, b, H in held_out_pairs(args, files):
         t0 = time.perf_counter()
-        configs = score_configurations(model, a, b, Mb @ np.linalg.inv(Ma), angles, scales)
+        configs = score_configurations(model, a, b, H, angles, scales)
         best = max(configs, key=lambda c: c["correct"])
-        print(f"{n} {files[i]} z {z} turn {theta:.0f}: best ({best['ang']:.0f}, {best['s']:.2f}) "
+        print(f"{n} {name_i} z {z} turn {theta:.0f}: best ({best['ang']:.0f}, {best['s']:.2f}) "
               f"{best['correct']} correct, {time.perf_counter() - t0:.0f} s", flush=True)
-        records.append({"photo": files[i], "z": z, "theta": theta, "configs": configs})
+        records.append({"photo": name_i, "z": z, "theta": theta, "configs": configs})
     print(summary(records))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
