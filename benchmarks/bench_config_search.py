@@ -12,7 +12,7 @@ picks (the higher, the better the selection), against the total of the best conf
     python benchmarks/bench_config_search.py [--pairs 16] [--seed 0] [--threads 1] [--json out.json]
 
 ``--matches``: instead, the final matches of ``match_images_learned`` (default search: 8 turns, scales
-sqrt(2)^k, |k| <= 3, agreement, NCC refinement) for the learned features and for dense RootSIFT, on the same
+sqrt(2)^k, |k| <= 3 (``--scale-levels``), agreement, NCC refinement) for the learned features and for dense RootSIFT, on the same
 kind of held-out pairs: share of the top 1000 matches by score within 3 px of the truth in B (MMA@3) and
 homographies found (mean corner error < 5 px), for matches kept by peak NCC >= t, t in MIN_NCC (the setting of
 ``RefineConfig.min_ncc`` is chosen here, not on the Oxford validation sequences).
@@ -161,9 +161,9 @@ def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
     from matching.learned_features import match_images_learned
     from matching.refine import RefineConfig
 
-    search = {"angles": tuple(45.0 * i for i in range(8)), "scales": scale_ladder(3), "select": "agreement",
-              "ncc": RefineConfig()}
-    models = {"learned": build_ncnet(features="learned"), "rootsift": build_ncnet()}
+    search = {"angles": tuple(45.0 * i for i in range(8)), "scales": scale_ladder(args.scale_levels),
+              "select": "agreement", "ncc": RefineConfig(at_moving_scale=args.at_moving_scale)}
+    models = {name: build_ncnet(features="learned" if name == "learned" else None) for name in args.models}
     records = []
     for n, name_i, z, theta, a, b, H in held_out_pairs(args, files):
         rec = {"photo": name_i, "z": z, "theta": theta}
@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--matches", action="store_true", help="final matches' accuracy per NCC threshold instead")
+    ap.add_argument("--scale-levels", type=int, default=3, help="--matches: relative scales sqrt(2)^k, |k| <= N")
+    ap.add_argument("--at-moving-scale", action="store_true", help="--matches: NCC at B's own resolution")
+    ap.add_argument("--models", nargs="+", choices=["learned", "rootsift"], default=["learned", "rootsift"],
+                    help="--matches: which features")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -167,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select", choices=SELECT_CRITERIA, default="agreement", help="learned: configuration score")
     ap.add_argument("--ncc", action=argparse.BooleanOptionalAction, default=True,
                     help="learned: NCC refinement at full resolution (matching.refine.refine_with, default options)")
+    ap.add_argument("--ncc-at-moving-scale", action="store_true",
+                    help="learned: NCC refinement at B's own resolution (RefineConfig.at_moving_scale)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     search = {"angles": tuple(360.0 * i / args.angles for i in range(args.angles)),
               "scales": scale_ladder(args.scale_levels), "select": args.select,
-              "ncc": RefineConfig() if args.ncc else None}
+              "ncc": RefineConfig(at_moving_scale=args.ncc_at_moving_scale) if args.ncc else None}
     torch.set_num_threads(args.threads)
     import logging
 

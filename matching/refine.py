@@ -33,7 +33,9 @@ class RefineConfig:
     """Options of ``refine_with``: search radius (``radius_cells`` matching cells of the coarser image at the
     common scale; ``radius`` in px of that scale overrides it), NCC patch side (px of the common scale), fixed
     image ('a' or 'b'), minimum peak NCC, drop window-edge peaks, and ``max_scale_ratio``: cell-size ratio
-    of the two images above which the one with the larger cell is resampled to the other's scale."""
+    of the two images above which the one with the larger cell is resampled to the other's scale (with
+    ``at_moving_scale``: the fixed image is resampled to the moving one's scale, so the moving image's keypoints
+    are refined at its own resolution)."""
 
     radius: float | None = None
     radius_cells: float = 1.0
@@ -42,6 +44,7 @@ class RefineConfig:
     min_ncc: float | None = None
     drop_border: bool = False
     max_scale_ratio: float = 1.3
+    at_moving_scale: bool = False  # common scale = the moving image's own (the fixed one resampled, up or down)
 
     def __post_init__(self) -> None:
         if self.fixed not in FIXED_IMAGES:
@@ -148,11 +151,17 @@ def refine_matches(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.n
     return {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in out.items()}
 
 
-def common_scale(cell_a: float, cell_b: float, max_scale_ratio: float) -> tuple[float, float]:
-    """Resampling factors (s_a, s_b) <= 1 that bring both images to one scale: the image whose matching cell
-    (px) is larger is shrunk until its cell equals the other's; (1, 1) while the ratio is <= max_scale_ratio."""
+def common_scale(cell_a: float, cell_b: float, max_scale_ratio: float, keep: str | None = None
+                 ) -> tuple[float, float]:
+    """Resampling factors (s_a, s_b) that bring both images to one scale: the image whose matching cell (px) is
+    larger is shrunk until its cell equals the other's (factors <= 1), or with ``keep`` 'a' / 'b' that image stays
+    and the other is resampled to its scale (up or down); (1, 1) while the ratio is <= max_scale_ratio."""
     if max(cell_a, cell_b) <= max_scale_ratio * min(cell_a, cell_b):
         return 1.0, 1.0
+    if keep == "a":
+        return 1.0, cell_a / cell_b
+    if keep == "b":
+        return cell_b / cell_a, 1.0
     return (cell_b / cell_a, 1.0) if cell_a > cell_b else (1.0, cell_a / cell_b)
 
 
@@ -162,7 +171,8 @@ def _resampled(img: np.ndarray, s: float) -> tuple[np.ndarray, float, float]:
         return img, 1.0, 1.0
     H, W = img.shape[:2]
     w, h = max(1, round(W * s)), max(1, round(H * s))
-    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_AREA), w / W, h / H
+    interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interp), w / W, h / H
 
 
 def refine_with(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray], conf: RefineConfig,
@@ -173,7 +183,8 @@ def refine_with(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndar
     ``conf.radius_cells`` x the larger of the two cells at the common scale (``conf.radius`` px there when
     set). Keypoints in and out are pixels of the original images (COLMAP convention).
     """
-    s_a, s_b = common_scale(cell_a, cell_b, conf.max_scale_ratio)
+    moving = "b" if conf.fixed == "a" else "a"
+    s_a, s_b = common_scale(cell_a, cell_b, conf.max_scale_ratio, moving if conf.at_moving_scale else None)
     radius = conf.radius_cells * max(cell_a * s_a, cell_b * s_b) if conf.radius is None else conf.radius
     a, ax, ay = _resampled(img_a, s_a)
     b, bx, by = _resampled(img_b, s_b)

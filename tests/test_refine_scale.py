@@ -90,3 +90,23 @@ def test_common_scale_rule() -> None:
     with pytest.raises(ValueError, match="max_scale_ratio"):
         RefineConfig(max_scale_ratio=0.5)
 
+
+
+def test_common_scale_keeping_one_image() -> None:
+    assert common_scale(8.0, 22.0, 1.3, keep="b") == pytest.approx((22.0 / 8.0, 1.0))  # A enlarged to B's scale
+    assert common_scale(8.0, 22.0, 1.3, keep="a") == pytest.approx((1.0, 8.0 / 22.0))
+    assert common_scale(8.0, 9.0, 1.3, keep="b") == (1.0, 1.0)
+
+
+def test_refinement_at_the_moving_images_own_scale() -> None:
+    """at_moving_scale: the moving image (here A, twice B's scale) keeps its resolution and the fixed one is
+    enlarged to it, so the refined keypoints are finer in the moving image's pixels than after shrinking it."""
+    a, b, H = known_pair(2.0)
+    coarse, cell_a, cell_b = grid_matches(a, b, H)
+    rng = np.random.default_rng(0)
+    moved = dict(coarse, keypoints0=coarse["keypoints0"] + rng.uniform(-0.4, 0.4, coarse["keypoints0"].shape) * cell_a)
+    errors = []
+    for flag in (False, True):
+        r = refine_with(a, b, moved, RefineConfig(fixed="b", at_moving_scale=flag), cell_a, cell_b)
+        errors.append(np.median(np.linalg.norm(apply_h(np.linalg.inv(H), r["keypoints1"]) - r["keypoints0"], axis=1)))
+    assert errors[1] < 0.85 * errors[0] and errors[1] < 0.3, errors
