@@ -83,6 +83,32 @@ def test_rerun_recomputes_nothing_and_conf_change_recomputes(tiny, baseline, mon
                     tiny / "queries" / "queries_with_intrinsics.txt")
 
 
+def test_stored_database_features_are_written_and_read_back(tiny, baseline, tmp_path):
+    """matching.store_db_features: a run keeps the database images' features in its export folder (float16);
+    rerun after its matches are deleted, it computes only the queries' features and gives the same poses."""
+    out = tmp_path / "run"
+    shutil.copytree(baseline.out, out)
+    conf = tiny_conf()
+    conf["matching"]["store_db_features"] = True
+    args = (tiny / "queries" / "images", tiny / "db", out, "rgbd", tiny / "queries" / "queries_with_intrinsics.txt")
+    runmod.main(conf, *args)
+    parts = sorted(out.glob("db-features-*.parts/*.h5"))
+    assert parts and len(list(out.glob("matches-*.h5"))) == 2  # another matching configuration, its own file
+    first = (out / "poses.txt").read_text()
+    for f in out.glob("matches-*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    computed = []
+    features = workers.Matcher.features
+    try:
+        workers.Matcher.features = lambda self, img: computed.append(img.shape) or features(self, img)
+        runmod.main(conf, *args)
+    finally:
+        workers.Matcher.features = features
+    assert (out / "poses.txt").read_text() == first
+    queries = len(read_query_list(tiny / "queries" / "queries_with_intrinsics.txt"))
+    assert 0 < len(computed) <= queries and sorted(out.glob("db-features-*.parts/*.h5")) == parts
+
+
 # bad inputs of a run (truncated query, query without intrinsics, database images without depth): in
 # test_failures.py::test_empty_files_and_bad_list_lines_are_skipped, one run with the empty files
 
