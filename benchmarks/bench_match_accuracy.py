@@ -6,7 +6,9 @@ pairs (a building never used for training; GT from rendered depth + poses) and o
 1, 2 and 4 frames apart (GT from depth + poses). Each pair weighs equally. (d) runs
 ``matching.sparse.match.match_images_sparse`` (top-k correlation both ways, k = ``--sparse-top-k``,
 submanifold consensus, no relocalization) with the same image size, the same top-N and, like (c), no
-refinement; a second table gives (d) - (c) in percentage points per dataset.
+refinement; a second table gives (d) - (c) in percentage points per dataset. ``--also learned sift`` adds
+(e) the learned features (``--features learned``) with the packaged consensus and (f) OpenCV SIFT + ratio test
+in the same run (e.g. ``--skip-synthetic --gaps 4 8 16 --also learned sift``: issue #17's TUM pairs).
 
     python benchmarks/bench_match_accuracy.py [--synthetic-seed 100] [--image-size 320] [--top 200]
         [--weights matching/weights/ncnet_dense_rootsift.pth.tar] [--tum-pairs 6] [--sparse-top-k 10]
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from oxford_eval import main as oxford_main  # benchmarks/, the script's folder
+from oxford_eval import sift_matches
 
 from localize.core.records import load_rgb
 from matching.evaluate import (
@@ -122,6 +125,27 @@ def make_methods(weights: str | Path | None, image_size: int, top: int | None, s
     }
 
 
+LEARNED = "(e) learned features + consensus"
+SIFT = "(f) OpenCV SIFT, ratio 0.8"
+
+
+def extra_methods(names: list[str], image_size: int, top: int | None) -> dict:
+    """(e) the packaged learned features with the packaged consensus (single configuration, no search), (f) OpenCV
+    SIFT with the ratio test (its matches in COLMAP pixels, best ratio first, the top N)."""
+    out = {}
+    if "learned" in names:
+        learned = build_ncnet(features="learned")
+        out[LEARNED] = lambda a, b: match_images(learned, a, b, image_size, max_matches=top)
+    if "sift" in names:
+        def sift(a: np.ndarray, b: np.ndarray) -> dict:
+            m = sift_matches(a, b)
+            return {"keypoints0": m["keypoints0"][:top] + 0.5, "keypoints1": m["keypoints1"][:top] + 0.5,
+                    "scores": m["scores"][:top]}
+
+        out[SIFT] = sift
+    return out
+
+
 def table(rows: list[tuple[str, str, dict]], thresholds: tuple[float, ...] = THRESHOLDS) -> str:
     """Markdown table: data, method, matches, fractions within thresholds, median error."""
     lines = ["| data | method | matches | " + " | ".join(f"<= {t:g} px" for t in thresholds) + " | median px |",
@@ -183,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-tum", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--also", nargs="*", choices=["learned", "sift"], default=[],
+                    help="also (e) the learned features and / or (f) OpenCV SIFT in the same run")
     ap.add_argument("--oxford", nargs="*", metavar="SEQ", help="instead: Oxford sequences (default wall boat bark), "
                     "learned features vs OpenCV SIFT, MMA@1-10 px of the top 1000 + homography (benchmarks/oxford_eval.py)")
     args, rest = ap.parse_known_args(argv)
@@ -195,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     top = args.top or None
     methods = make_methods(args.weights, args.image_size, top, args.sparse_top_k, args.sparse_combine)
+    methods.update(extra_methods(args.also, args.image_size, top))
     rows, out = [], {"args": vars(args)}
     if not args.skip_synthetic:
         from datasets.synthetic import generate
