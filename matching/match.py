@@ -22,8 +22,10 @@ import torch
 from localize.core.config import from_dict, positive_int
 from localize.core.errors import InputError
 from localize.core.records import load_rgb
+from matching.configuration_search import scale_ladder
 from matching.extract import extract_matches
 from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, extractor_identity, resolve_precision
+from matching.learned_features import match_images_learned
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
@@ -33,6 +35,9 @@ from matching.sparse.match import DEFAULT_TOP_K, RELOCALIZATION_MODES, match_spa
 
 log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 400
+SEARCH_IMAGE_SIZE = 640  # the command line's default with ``search`` (the size its settings were chosen at)
+SEARCH_ANGLES = tuple(45.0 * i for i in range(8))  # B's turns tried by ``search`` (degrees)
+SEARCH_SCALE_LEVELS = 3  # relative scales sqrt(2)^k, |k| <= 3, tried by ``search``
 DEFAULT_FEATURE_CACHE_MB = 512
 PLOT_MAX_LINES = 300
 
@@ -54,7 +59,10 @@ class MatchConfig:
     at each of these relative sizes and quarter turns, per cell of A the best (``matching.pyramid``; (1.0,) / (0,) =
     off); prescreen: only the identity and this many other configurations, those with the strongest raw mutual
     neighbours, through consensus (0 = all); store_db_features: the pipeline keeps database images' features
-    in its export folder in float16 (``matching.features.FeatureStore``; read back by later runs and queries).
+    in its export folder in float16 (``matching.features.FeatureStore``; read back by later runs and queries);
+    search: B's turn and relative scale searched first (``matching.learned_features.match_images_learned``: every
+    45 deg x sqrt(2)^k, |k| <= 3, by neighbour agreement; dense matching without relocalization only), with
+    ``refine`` its NCC refinement at full resolution against B turned upright.
 
     """
 
@@ -78,6 +86,7 @@ class MatchConfig:
     rotations: tuple[int, ...] = (0,)
     prescreen: int = 0
     store_db_features: bool = False
+    search: bool = False
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -97,6 +106,8 @@ class MatchConfig:
             raise ValueError(f"prescreen must be >= 0, got {self.prescreen}")
         if self.sparse and (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,)):
             raise ValueError("scales / rotations (matching.pyramid) need dense matching, not sparse")
+        if self.search and (self.sparse or self.relocalize or (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,))):
+            raise ValueError("search needs dense matching without relocalization, scales or rotations")
 
 
 class Matcher:
@@ -114,8 +125,9 @@ class Matcher:
 
     @property
     def pyramid(self) -> bool:
-        """True when B is matched across several scales or turns (``matching.pyramid``: no per-image features)."""
-        return (tuple(self.conf.scales), tuple(self.conf.rotations)) != ((1.0,), (0,))
+        """True when B is matched across several scales or turns (``matching.pyramid`` or ``search``: no per-image
+        features)."""
+        return bool(self.conf.search) or (tuple(self.conf.scales), tuple(self.conf.rotations)) != ((1.0,), (0,))
 
     @property
     def cell_multiple(self) -> int:
@@ -160,6 +172,10 @@ class Matcher:
         Refinement (dense and sparse): ``matching.refine.refine_with`` at the two images' common scale.
         """
         c = self.conf
+        if c.search:
+            return match_images_learned(self.model, img_a, img_b, int(c.image_size), max_matches=c.max_matches,
+                                        angles=SEARCH_ANGLES, scales=scale_ladder(SEARCH_SCALE_LEVELS),
+                                        select="agreement", ncc=c.refine_options if c.refine else None)
         if self.pyramid:
             return match_pyramid(self.model, img_a, img_b, int(c.image_size), c.scales, c.rotations,
                                  refine=bool(c.refine), refine_options=c.refine_options, max_matches=c.max_matches,
@@ -268,12 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("image_b")
     ap.add_argument("--weights", help="NCNet checkpoint (official .pth.tar layout); default: packaged weights")
     ap.add_argument("--features", choices=["resnet101", "dense-rootsift", "learned"], default=None,
-                    help="feature extractor (default: from the checkpoint, else dense-rootsift)")
+                    help="feature extractor (default: from the checkpoint given with --weights, else learned)")
     ap.add_argument("--backbone-weights", help="torchvision resnet101 .pth (when the checkpoint has no backbone)")
-    ap.add_argument("--image-size", type=positive_int, default=DEFAULT_IMAGE_SIZE, help="longer image side after resizing")
+    ap.add_argument("--image-size", type=positive_int, default=None,
+                    help=f"longer image side after resizing (default {SEARCH_IMAGE_SIZE} with the search, else "
+                         f"{DEFAULT_IMAGE_SIZE})")
     ap.add_argument("--relocalize", action="store_true", help="2x2x2x2 max-pooling + relocalization")
     ap.add_argument("--no-consensus", action="store_true", help="correlation + mutual NN only")
-    ap.add_argument("--refine", action="store_true", help="sub-cell refinement at full resolution")
+    ap.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                    help="sub-cell NCC refinement at full resolution (default on)")
+    ap.add_argument("--search", choices=["auto", "on", "off"], default="auto",
+                    help="search B's turn (every 45 deg) and relative scale (0.35-2.83) first; auto: with the "
+                         "learned features, dense matching without --relocalize")
     ap.add_argument("--half", action="store_true", help="float16 consensus (CUDA)")
     ap.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                     help="resnet101 backbone compute dtype (auto: bfloat16 on CPUs with AMX-BF16)")
@@ -290,12 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def conf_from_args(args: argparse.Namespace) -> MatchConfig:
-    """``MatchConfig`` of parsed ``build_parser`` options."""
+    """``MatchConfig`` of parsed ``build_parser`` options: without --weights and --features the learned features,
+    searched (``--search auto``) and refined; with --weights the checkpoint's features."""
+    features = args.features if args.features or args.weights else "learned"
+    search = args.search == "on" or (args.search == "auto" and features == "learned" and not args.sparse
+                                     and not args.relocalize)
+    size = args.image_size or (SEARCH_IMAGE_SIZE if search else DEFAULT_IMAGE_SIZE)
     return from_dict(MatchConfig, {
-        "weights": args.weights, "features": args.features, "backbone_weights": args.backbone_weights,
-        "image_size": args.image_size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
+        "weights": args.weights, "features": features, "backbone_weights": args.backbone_weights,
+        "image_size": size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
         "sparse": args.sparse, "top_k": args.top_k, "refine": args.refine, "max_matches": args.max_matches,
-        "half": args.half, "consensus": not args.no_consensus, "precision": args.precision})
+        "half": args.half, "consensus": not args.no_consensus, "precision": args.precision, "search": search})
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -84,6 +84,36 @@ def test_cli_writes_h5_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert cli([str(tmp_path / "cut.png"), str(pb)]) == 2
 
 
+def test_cli_defaults_to_the_searched_learned_path(tmp_path: Path) -> None:
+    """No --weights / --features: learned features, B's turn and scale searched, NCC refinement, 640 px; the
+    other features keep their single-configuration path; a search that cannot apply is refused."""
+    from matching.match import build_parser, conf_from_args
+
+    def conf(*opts: str) -> MatchConfig:
+        return conf_from_args(build_parser().parse_args(["a.png", "b.png", *opts]))
+
+    c = conf()
+    assert (c.features, c.search, c.refine, c.image_size) == ("learned", True, True, 640)
+    c = conf("--features", "dense-rootsift")
+    assert (c.features, c.search, c.refine, c.image_size) == ("dense-rootsift", False, True, 400)
+    assert conf("--weights", "ncnet.pth.tar").features is None and not conf("--weights", "ncnet.pth.tar").search
+    assert not conf("--relocalize").search and not conf("--no-refine").refine
+    with pytest.raises(ValueError, match="search needs dense matching"):
+        conf("--search", "on", "--sparse")
+    # the default path on files: a turned copy of a texture is matched at the right turn
+    a, _ = textured_pair(256, 192)
+    b = np.ascontiguousarray(np.rot90(a))  # B = A turned 90 degrees counter-clockwise
+    pa, pb, out = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "m.h5"
+    cv2.imwrite(str(pa), a[..., ::-1])
+    cv2.imwrite(str(pb), b[..., ::-1])
+    assert cli([str(pa), str(pb), "--image-size", "256", "--out", str(out)]) == 0
+    d = read_matches_h5(out)
+    assert d["transform"][0] == 270.0 and "ncc" in d  # B turned 270 degrees back upright
+    ka, kb = d["keypoints0"], d["keypoints1"]
+    truth = np.stack([ka[:, 1], a.shape[1] - ka[:, 0]], 1)  # (x, y) of A -> B for a 90-degree counter-clockwise turn
+    assert np.median(np.linalg.norm(kb - truth, axis=1)) < 1.5
+
+
 def test_main_library_entry(tmp_path: Path) -> None:
     """main(conf, paths) returns the matches of Matcher on the files and writes them (HDF5, attrs)."""
     a, b = textured_pair()
