@@ -159,9 +159,10 @@ def match_quality(m: dict, H: np.ndarray, shape_b: tuple[int, int], top: int = 1
 def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
     """The ``--matches`` mode (module docstring)."""
     from matching.learned_features import match_images_learned
+    from matching.match import SEARCH_ANGLES, SEARCH_SCALE_LEVELS
     from matching.refine import RefineConfig
 
-    search = {"angles": tuple(45.0 * i for i in range(8)), "scales": scale_ladder(args.scale_levels),
+    search = {"angles": SEARCH_ANGLES, "scales": scale_ladder(args.scale_levels or SEARCH_SCALE_LEVELS),
               "select": "agreement", "ncc": RefineConfig(at_moving_scale=args.at_moving_scale)}
     models = {name: build_ncnet(features="learned" if name == "learned" else None) for name in args.models}
     records = []
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--matches", action="store_true", help="final matches' accuracy per NCC threshold instead")
-    ap.add_argument("--scale-levels", type=int, default=3, help="--matches: relative scales sqrt(2)^k, |k| <= N")
+    ap.add_argument("--scale-levels", type=int, default=None,
+                    help="--matches: relative scales sqrt(2)^k, |k| <= N (default: matching.match's search)")
     ap.add_argument("--at-moving-scale", action="store_true", help="--matches: NCC at B's own resolution")
     ap.add_argument("--models", nargs="+", choices=["learned", "rootsift"], default=["learned", "rootsift"],
                     help="--matches: which features")
