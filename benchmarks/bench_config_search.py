@@ -14,8 +14,9 @@ picks (the higher, the better the selection), against the total of the best conf
 ``--matches``: instead, the final matches of ``match_images_learned`` (default search: 8 turns, scales
 sqrt(2)^k, |k| <= 3 (``--scale-levels``), agreement, NCC refinement) for the learned features and for dense RootSIFT, on the same
 kind of held-out pairs: share of the top 1000 matches by score within 3 px of the truth in B (MMA@3) and
-homographies found (mean corner error < 5 px), for matches kept by peak NCC >= t, t in MIN_NCC (the setting of
-``RefineConfig.min_ncc`` is chosen here, not on the Oxford validation sequences).
+homographies found (mean corner error < 5 px), for matches kept by peak NCC >= t, t in MIN_NCC, for each NCC
+refinement of ``--refine`` applied to the same coarse matches (the settings of ``RefineConfig`` are chosen here,
+not on the Oxford validation sequences).
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ from matching.configuration_search import (
 from matching.learned_features import learned_sides
 from matching.model import build_ncnet
 from matching.preprocess import image_to_tensor, resize_rgb, resized_shape
+from matching.refine import RefineConfig
 
 PHOTOS = ROOT.parent / "shared" / "data" / "realphotos_ssl"
 VIEW_WH = (640, 480)
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.4, 2.0, 2.8, 4.0)
 SCORES = ("strength", "agree2", "agree3", "agree4")
 MIN_NCC = (None, 0.5, 0.7, 0.8, 0.9)
+LOCAL_AFFINE, AFFINE_RESIDUAL = 12, 2.0  # --refine affine / affine-filter: neighbours of the fit, px
 
 
 def view(photo: np.ndarray, zoom: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -156,30 +159,48 @@ def match_quality(m: dict, H: np.ndarray, shape_b: tuple[int, int], top: int = 1
     return out
 
 
+def refine_variants(names: list[str], at_moving_scale: bool) -> dict[str, RefineConfig]:
+    """The NCC refinements compared by ``--matches`` (``--refine``): 'plain' (axis-aligned patches),
+    'affine' (patches warped by the affine fit of LOCAL_AFFINE neighbouring matches), 'affine-filter' (and
+    matches farther than AFFINE_RESIDUAL px from that fit dropped)."""
+    table = {"plain": RefineConfig(at_moving_scale=at_moving_scale),
+             "affine": RefineConfig(at_moving_scale=at_moving_scale, local_affine=LOCAL_AFFINE),
+             "affine-filter": RefineConfig(at_moving_scale=at_moving_scale, local_affine=LOCAL_AFFINE,
+                                           max_affine_residual=AFFINE_RESIDUAL)}
+    return {n: table[n] for n in names}
+
+
 def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
-    """The ``--matches`` mode (module docstring)."""
-    from matching.learned_features import match_images_learned
+    """The ``--matches`` mode (module docstring): each model's search and matching once per pair, then each
+    refinement of ``--refine`` applied to the same coarse matches."""
+    from matching.learned_features import match_images_learned, refine_turned
     from matching.match import SEARCH_ANGLES, SEARCH_SCALE_LEVELS
-    from matching.refine import RefineConfig
 
     search = {"angles": SEARCH_ANGLES, "scales": scale_ladder(args.scale_levels or SEARCH_SCALE_LEVELS),
-              "select": "agreement", "ncc": RefineConfig(at_moving_scale=args.at_moving_scale)}
+              "select": "agreement", "ncc": None}
+    variants = refine_variants(args.refine, args.at_moving_scale)
     models = {name: build_ncnet(features="learned" if name == "learned" else None) for name in args.models}
     records = []
     for n, name_i, z, theta, a, b, H in held_out_pairs(args, files):
         rec = {"photo": name_i, "z": z, "theta": theta}
         for name, model in models.items():
             with torch.no_grad():
-                rec[name] = match_quality(match_images_learned(model, a, b, max(VIEW_WH), **search), H, b.shape[:2])
-        print(n, name_i, f"z {z} turn {theta:.0f}:", {k: {t: round(v["mma3"], 2) for t, v in rec[k].items()}
-                                                       for k in models}, flush=True)
+                coarse = match_images_learned(model, a, b, max(VIEW_WH), **search)
+            for vname, conf in variants.items():
+                m = coarse
+                if len(coarse["scores"]):
+                    m = refine_turned(a, b, coarse, conf, float(coarse["transform"][0]),
+                                      (float(coarse["cells"][0]), float(coarse["cells"][1])))
+                rec[f"{name} {vname}"] = match_quality(m, H, b.shape[:2])
+        keys = [k for k in rec if k not in ("photo", "z", "theta")]
+        print(n, name_i, f"z {z} turn {theta:.0f}:", {k: round(rec[k]["None"]["mma3"], 2) for k in keys}, flush=True)
         records.append(rec)
-    print("| method | min NCC | matches | MMA@3 | homographies |")
-    print("|---|---|---|---|---|")
-    for name in models:
+    print("| method | refinement | min NCC | matches | MMA@3 | homographies |")
+    print("|---|---|---|---|---|---|")
+    for key in keys:
         for t in MIN_NCC:
-            rows = [r[name][str(t)] for r in records]
-            print(f"| {name} | {t} | {np.mean([r['matches'] for r in rows]):.0f} | "
+            rows = [r[key][str(t)] for r in records]
+            print(f"| {key.split()[0]} | {key.split()[1]} | {t} | {np.mean([r['matches'] for r in rows]):.0f} | "
                   f"{100 * np.mean([r['mma3'] for r in rows]):.1f}% | {sum(r['homography'] for r in rows)} / {len(rows)} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at-moving-scale", action="store_true", help="--matches: NCC at B's own resolution")
     ap.add_argument("--models", nargs="+", choices=["learned", "rootsift"], default=["learned", "rootsift"],
                     help="--matches: which features")
+    ap.add_argument("--refine", nargs="+", choices=["plain", "affine", "affine-filter"], default=["plain", "affine"],
+                    help="--matches: NCC refinements compared on the same coarse matches")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

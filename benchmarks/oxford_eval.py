@@ -7,7 +7,9 @@ four corners, mapped by the estimate vs the ground truth); success = corner erro
 Methods: ``sift`` (OpenCV SIFT, Lowe ratio test 0.8, score = 1 - ratio), ``learned`` (``--features learned``
 through correlation -> packaged consensus -> extraction + descriptor refinement, after a test-time search over
 turns of B (``--angles`` N: every 360 / N deg) x relative scales sqrt(2)^k, |k| <= ``--scale-levels``, scored
-by ``--select``; NCC refinement at full resolution unless ``--no-ncc``), ``rootsift`` (the default dense RootSIFT
+by ``--select``; NCC refinement at full resolution unless ``--no-ncc``, with patches warped by the affine fit of
+``--local-affine`` neighbouring matches and matches off that fit by more than ``--max-affine-residual`` px dropped,
+by default as ``python -m matching.match``), ``rootsift`` (the default dense RootSIFT
 NCNet, for reference).
 Keypoints of every method are converted to OpenCV pixel coordinates (centre of the top-left pixel = (0, 0)),
 the convention of the H files.
@@ -34,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from localize.core.records import load_rgb
 from matching.configuration_search import scale_ladder
 from matching.learned_features import PACKAGED_LEARNED_WEIGHTS, SELECT_CRITERIA, match_images_learned
-from matching.match import match_images
+from matching.match import SEARCH_REFINE, match_images
 from matching.model import build_ncnet
 from matching.refine import RefineConfig
 
@@ -166,14 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-levels", type=int, default=3, help="learned: relative scales sqrt(2)^k, |k| <= N")
     ap.add_argument("--select", choices=SELECT_CRITERIA, default="agreement", help="learned: configuration score")
     ap.add_argument("--ncc", action=argparse.BooleanOptionalAction, default=True,
-                    help="learned: NCC refinement at full resolution (matching.refine.refine_with, default options)")
+                    help="learned: NCC refinement at full resolution (matching.refine.refine_with; default: the "
+                         "options of python -m matching.match, SEARCH_REFINE)")
     ap.add_argument("--ncc-at-moving-scale", action="store_true",
                     help="learned: NCC refinement at B's own resolution (RefineConfig.at_moving_scale)")
+    ap.add_argument("--local-affine", type=int, default=SEARCH_REFINE.local_affine,
+                    help="learned: NCC patches warped by the affine fit of N neighbouring matches (0 = upright)")
+    ap.add_argument("--max-affine-residual", type=float, default=SEARCH_REFINE.max_affine_residual,
+                    help="learned: drop matches farther than this (px) from their neighbours' fit (0 = keep all)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    ncc = RefineConfig(at_moving_scale=args.ncc_at_moving_scale, local_affine=args.local_affine,
+                       max_affine_residual=(args.max_affine_residual or None) if args.local_affine else None)
     search = {"angles": tuple(360.0 * i / args.angles for i in range(args.angles)),
-              "scales": scale_ladder(args.scale_levels), "select": args.select,
-              "ncc": RefineConfig(at_moving_scale=args.ncc_at_moving_scale) if args.ncc else None}
+              "scales": scale_ladder(args.scale_levels), "select": args.select, "ncc": ncc if args.ncc else None}
     torch.set_num_threads(args.threads)
     import logging
 

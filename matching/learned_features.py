@@ -277,7 +277,7 @@ def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size
     ``from_smaller_grid``; then, when ``ncc`` is given, NCC refinement of B's keypoints at full
     resolution by ``refine_with`` with those options). Keypoints in original pixels (COLMAP convention),
     sorted by decreasing score, matches whose B keypoint falls outside B dropped; ``transform`` = (angle,
-    long side A, long side B) chosen."""
+    long side A, long side B) chosen, ``cells`` = one matching cell in px of A and of B (``refine_turned``'s)."""
     if directions not in ("both", "smaller"):
         raise ValueError(f"directions must be 'both' or 'smaller', got {directions!r}")
     if select not in SELECT_CRITERIA:
@@ -321,12 +321,12 @@ def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size
            "scores": scores.numpy()}
     inside = ((res["keypoints1"] >= 0) & (res["keypoints1"] <= [img_b.shape[1], img_b.shape[0]])).all(1)
     res = {key: v[inside] for key, v in res.items()}
+    cells = np.array([model.features.stride * img_a.shape[1] / ta.shape[-1], model.features.stride * to_b[0]])
     if ncc is not None and len(res["scores"]):
-        res = refine_turned(img_a, img_b, res, ncc, angle, (model.features.stride * img_a.shape[1] / ta.shape[-1],
-                                                            model.features.stride * to_b[0]))
+        res = refine_turned(img_a, img_b, res, ncc, angle, (float(cells[0]), float(cells[1])))
     order = np.argsort(-res["scores"], kind="stable")
     res = {key: v[order][:max_matches] for key, v in res.items()}
-    res["transform"] = np.array([angle, sa, sb])
+    res["transform"], res["cells"] = np.array([angle, sa, sb]), cells
     return res
 
 

@@ -38,6 +38,9 @@ DEFAULT_IMAGE_SIZE = 400
 SEARCH_IMAGE_SIZE = 640  # the command line's default with ``search`` (the size its settings were chosen at)
 SEARCH_ANGLES = tuple(45.0 * i for i in range(8))  # B's turns tried by ``search`` (degrees)
 SEARCH_SCALE_LEVELS = 3  # relative scales sqrt(2)^k, |k| <= 3, tried by ``search``
+# the command line's NCC refinement with ``search``: patches warped by the affine fit of 12 neighbouring matches,
+# matches farther than 2 px from their neighbours' fit dropped (chosen on held-out pairs: bench_config_search.py)
+SEARCH_REFINE = RefineConfig(local_affine=12, max_affine_residual=2.0)
 DEFAULT_FEATURE_CACHE_MB = 512
 PLOT_MAX_LINES = 300
 
@@ -293,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-consensus", action="store_true", help="correlation + mutual NN only")
     ap.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                     help="sub-cell NCC refinement at full resolution (default on)")
+    ap.add_argument("--local-affine", type=int, default=None, metavar="N",
+                    help="refine with patches warped by the affine fit of N neighbouring matches (default "
+                         f"{SEARCH_REFINE.local_affine} with the search, else 0 = upright patches)")
+    ap.add_argument("--max-affine-residual", type=float, default=None, metavar="PX",
+                    help="drop matches farther than PX from their neighbours' affine fit (default "
+                         f"{SEARCH_REFINE.max_affine_residual:g} with --local-affine, 0 = keep all)")
     ap.add_argument("--search", choices=["auto", "on", "off"], default="auto",
                     help="search B's turn (every 45 deg) and relative scale (0.35-2.83) first; auto: with the "
                          "learned features, dense matching without --relocalize")
@@ -313,16 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def conf_from_args(args: argparse.Namespace) -> MatchConfig:
     """``MatchConfig`` of parsed ``build_parser`` options: without --weights and --features the learned features,
-    searched (``--search auto``) and refined; with --weights the checkpoint's features."""
+    searched (``--search auto``) and refined (``SEARCH_REFINE``); with --weights the checkpoint's features."""
     features = args.features if args.features or args.weights else "learned"
     search = args.search == "on" or (args.search == "auto" and features == "learned" and not args.sparse
                                      and not args.relocalize)
     size = args.image_size or (SEARCH_IMAGE_SIZE if search else DEFAULT_IMAGE_SIZE)
+    local_affine = (SEARCH_REFINE.local_affine if search else 0) if args.local_affine is None else args.local_affine
+    residual = SEARCH_REFINE.max_affine_residual if args.max_affine_residual is None else args.max_affine_residual
+    refine_options = RefineConfig(local_affine=local_affine, max_affine_residual=(residual or None) if local_affine else None)
     return from_dict(MatchConfig, {
         "weights": args.weights, "features": features, "backbone_weights": args.backbone_weights,
         "image_size": size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
         "sparse": args.sparse, "top_k": args.top_k, "refine": args.refine, "max_matches": args.max_matches,
-        "half": args.half, "consensus": not args.no_consensus, "precision": args.precision, "search": search})
+        "half": args.half, "consensus": not args.no_consensus, "precision": args.precision, "search": search,
+        "refine_options": refine_options})
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -345,7 +358,7 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_FEATURE_CACHE_MB", "DEFAULT_IMAGE_SIZE", "MatchConfig", "Matcher", "build_parser", "cli",
+__all__ = ["DEFAULT_FEATURE_CACHE_MB", "DEFAULT_IMAGE_SIZE", "SEARCH_REFINE", "MatchConfig", "Matcher", "build_parser", "cli",
            "conf_from_args", "image_features", "main", "match_agreement", "match_dense_head", "match_images", "read_matches_h5",
            "write_matches_h5"]
 

@@ -21,11 +21,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from matching.dense_sift import to_gray, window_means
 
 FIXED_IMAGES = ("a", "b")
+PASSES = 4  # least-squares fits of local_affines, each without the previous fit's outlying neighbours
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ class RefineConfig:
     image ('a' or 'b'), minimum peak NCC, drop window-edge peaks, and ``max_scale_ratio``: cell-size ratio
     of the two images above which the one with the larger cell is resampled to the other's scale (with
     ``at_moving_scale``: the fixed image is resampled to the moving one's scale, so the moving image's keypoints
-    are refined at its own resolution)."""
+    are refined at its own resolution). ``local_affine`` > 0: the fixed patch is sampled through the affine map
+    fitted to that many neighbouring matches (``local_affines``), so it is turned, resized and sheared like the
+    moving image around the match; 0: axis-aligned patches. ``max_affine_residual``: drop matches whose refined
+    keypoint lies farther (px of the common scale) from the affine fit of its neighbours' refined keypoints."""
 
     radius: float | None = None
     radius_cells: float = 1.0
@@ -45,8 +50,14 @@ class RefineConfig:
     drop_border: bool = False
     max_scale_ratio: float = 1.3
     at_moving_scale: bool = False  # common scale = the moving image's own (the fixed one resampled, up or down)
+    local_affine: int = 0  # neighbouring matches of the per-match affine patch warp (0: axis-aligned patches)
+    max_affine_residual: float | None = None  # px of the common scale; needs local_affine
 
     def __post_init__(self) -> None:
+        if self.local_affine < 0 or 0 < self.local_affine < 4:
+            raise ValueError(f"local_affine must be 0 or >= 4 neighbours, got {self.local_affine}")
+        if self.max_affine_residual is not None and not (self.local_affine and self.max_affine_residual > 0):
+            raise ValueError("max_affine_residual must be > 0 and needs local_affine > 0")
         if self.fixed not in FIXED_IMAGES:
             raise ValueError(f"fixed must be 'a' or 'b', got {self.fixed!r}")
         if not self.radius_cells > 0:
@@ -55,16 +66,24 @@ class RefineConfig:
             raise ValueError(f"max_scale_ratio must be >= 1, got {self.max_scale_ratio}")
 
 
-def sample_patches(gray: Tensor, centers: Tensor, size: int) -> Tensor:
-    """Bilinear size x size patches [N, size, size] centred at pixels centers [N, 2] (x, y), integer steps."""
+def sample_patches(gray: Tensor, centers: Tensor, size: int, linear: Tensor | None = None) -> Tensor:
+    """Bilinear size x size patches [N, size, size] centred at pixels centers [N, 2] (x, y), integer steps; with
+    ``linear`` [N, 2, 2] the patch offset (u, v) is read at centre + linear @ (u, v) (an affinely warped patch)."""
     H, W = gray.shape
     r = (size - 1) / 2.0
     off = torch.arange(size, dtype=torch.float32) - r
-    xs = centers[:, 0:1].float() + off[None]  # [N, size]
-    ys = centers[:, 1:2].float() + off[None]
+    if linear is None:
+        xs = centers[:, 0:1].float() + off[None]  # [N, size]
+        ys = centers[:, 1:2].float() + off[None]
+        xs, ys = xs[:, None, :].expand(-1, size, -1), ys[:, :, None].expand(-1, -1, size)
+    else:
+        L = linear.float()
+        v, u = torch.meshgrid(off, off, indexing="ij")  # [size, size]: rows v, columns u
+        xs = centers[:, 0, None, None].float() + L[:, 0, 0, None, None] * u + L[:, 0, 1, None, None] * v
+        ys = centers[:, 1, None, None].float() + L[:, 1, 0, None, None] * u + L[:, 1, 1, None, None] * v
     gx = 2.0 * xs / W - 1.0  # align_corners=False: -1 is the left image border (pixel convention [0, W])
     gy = 2.0 * ys / H - 1.0
-    grid = torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], dim=-1)
+    grid = torch.stack([gx, gy], dim=-1)
     img = gray[None, None].expand(len(centers), 1, H, W)
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
 
@@ -92,15 +111,52 @@ def parabolic_offset(left: Tensor, centre: Tensor, right: Tensor) -> Tensor:
     return off.clamp(-0.5, 0.5)
 
 
+def local_affines(kp_fixed: np.ndarray, kp_moving: np.ndarray, neighbours: int, min_spread: float = 2.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(linear part [N, 2, 2] (fixed px -> moving px) of the affine map fitted by least squares to each match's
+    ``neighbours`` nearest matches in the fixed image (itself included), fitted again without the neighbours
+    whose residual exceeds twice the median (and 1 px), ``PASSES`` fits in all; residual [N] (moving px) of
+    each match from its own fit). Identity and residual NaN where the fit is ill-posed: fewer than 4
+    neighbours, neighbours spread over less than ``min_spread`` px (RMS along their narrowest direction), a
+    mirror image or a scale change beyond 4x."""
+    kf, km = np.asarray(kp_fixed, np.float64), np.asarray(kp_moving, np.float64)
+    n = len(kf)
+    out, residual = np.tile(np.eye(2), (n, 1, 1)), np.full(n, np.nan)
+    k = min(int(neighbours), n)
+    if k < 4:
+        return out, residual
+    idx = cKDTree(kf).query(kf, k=k)[1]
+    X = np.concatenate([kf[idx] - kf[:, None], np.ones((n, k, 1))], axis=2)  # [N, K, 3], centred on the match
+    Y = km[idx] - km[:, None]  # [N, K, 2]
+    w = np.ones((n, k))
+    for _ in range(PASSES):
+        A = np.einsum("nk,nki,nkj->nij", w, X, X) + 1e-9 * np.eye(3)
+        M = np.linalg.solve(A, np.einsum("nk,nki,nkj->nij", w, X, Y))  # [N, 3, 2]
+        res = np.linalg.norm(np.einsum("nki,nij->nkj", X, M) - Y, axis=2)
+        w = (res <= np.maximum(2.0 * np.median(res, axis=1, keepdims=True), 1.0)).astype(np.float64)
+    L = np.transpose(M[:, :2, :], (0, 2, 1))  # moving offset = L @ fixed offset
+    xc = X[..., :2] - (w[..., None] * X[..., :2]).sum(1, keepdims=True) / np.maximum(w.sum(1), 1)[:, None, None]
+    cov = np.einsum("nk,nki,nkj->nij", w, xc, xc) / np.maximum(w.sum(1), 1)[:, None, None]
+    spread = np.sqrt(np.clip(np.linalg.eigvalsh(cov)[:, 0], 0.0, None))
+    sv = np.linalg.svd(L, compute_uv=False)
+    ok = (w.sum(1) >= 4) & (spread >= min_spread) & (np.linalg.det(L) > 0) & (sv[:, 1] >= 0.25) & (sv[:, 0] <= 4.0)
+    out[ok] = L[ok]
+    own = np.linalg.norm(M[:, 2, :], axis=1)  # the fit is centred on the match: its offset is the residual
+    residual[ok] = own[ok]
+    return out, residual
+
+
 def refine_positions(gray_fixed: Tensor, gray_moving: Tensor, kp_fixed: Tensor, kp_moving: Tensor,
-                     radius: float, patch: int = 15, batch: int = 512) -> tuple[Tensor, Tensor, Tensor]:
-    """Refine kp_moving [N, 2] so its patch best matches the patch at kp_fixed. Returns
-    (refined [N, 2] float64, peak NCC [N], on_border [N] bool: peak at the window edge = unreliable)."""
+                     radius: float, patch: int = 15, batch: int = 512, linear: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Refine kp_moving [N, 2] so its patch best matches the patch at kp_fixed (read through ``linear``
+    [N, 2, 2], moving px offsets -> fixed px offsets, when given). Returns (refined [N, 2] float64, peak NCC
+    [N], on_border [N] bool: peak at the window edge = unreliable)."""
     R = int(math.ceil(radius))
     out, scores, border = [], [], []
     for s in range(0, len(kp_fixed), batch):
         pf, pm = kp_fixed[s:s + batch], kp_moving[s:s + batch]
-        tmpl = sample_patches(gray_fixed, pf, patch)
+        tmpl = sample_patches(gray_fixed, pf, patch, None if linear is None else linear[s:s + batch])
         reg = sample_patches(gray_moving, pm, patch + 2 * R)
         maps = ncc_maps(tmpl, reg)
         n, S, _ = maps.shape
@@ -123,23 +179,36 @@ def refine_positions(gray_fixed: Tensor, gray_moving: Tensor, kp_fixed: Tensor, 
 
 def refine_matches(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndarray], radius: float = 8.0,
                    patch: int = 15, fixed: str = "a", min_ncc: float | None = None,
-                   drop_border: bool = False) -> dict[str, np.ndarray]:
+                   drop_border: bool = False, local_affine: int = 0, max_affine_residual: float | None = None
+                   ) -> dict[str, np.ndarray]:
     """Refine the keypoints of the non-fixed image of ``matches`` (keypoints0/keypoints1/scores, pixels).
 
     Returns a copy with refined keypoints and ``ncc`` (peak NCC per match); with ``min_ncc`` matches below
-    it are dropped, with ``drop_border`` matches whose peak hits the search-window edge are dropped.
+    it are dropped, with ``drop_border`` matches whose peak hits the search-window edge are dropped;
+    ``local_affine`` > 0: fixed patches warped by ``local_affines`` of that many neighbouring matches, fitted
+    to the given keypoints, then to the refined ones for a second refinement from the given keypoints; with
+    ``max_affine_residual`` (px) matches farther than that from the fit of their neighbours' refined matches are
+    dropped.
     """
+    if fixed not in FIXED_IMAGES:
+        raise ValueError("fixed must be 'a' or 'b'")
     ga, gb = to_gray(img_a), to_gray(img_b)
     k0 = torch.as_tensor(np.asarray(matches["keypoints0"], dtype=np.float64))
     k1 = torch.as_tensor(np.asarray(matches["keypoints1"], dtype=np.float64))
-    if fixed == "a":
-        new, ncc, border = refine_positions(ga, gb, k0, k1, radius, patch)
-        k1 = new
-    elif fixed == "b":
-        new, ncc, border = refine_positions(gb, ga, k1, k0, radius, patch)
-        k0 = new
+    (gf, gm, kf, km) = (ga, gb, k0, k1) if fixed == "a" else (gb, ga, k1, k0)
+    residual = None
+    if local_affine:  # warps from the coarse matches, then again from the refined ones (precise where they were not)
+        new = km
+        for _ in range(2):
+            linear = torch.as_tensor(np.linalg.inv(local_affines(kf.numpy(), new.numpy(), local_affine)[0]))
+            new, ncc, border = refine_positions(gf, gm, kf, km, radius, patch, linear=linear)
+        residual = local_affines(kf.numpy(), new.numpy(), local_affine)[1]
     else:
-        raise ValueError("fixed must be 'a' or 'b'")
+        new, ncc, border = refine_positions(gf, gm, kf, km, radius, patch)
+    if fixed == "a":
+        k1 = new
+    else:
+        k0 = new
     out = dict(matches)
     out["keypoints0"], out["keypoints1"] = k0.numpy(), k1.numpy()
     out["ncc"] = ncc.float().numpy()
@@ -148,6 +217,10 @@ def refine_matches(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.n
         keep &= out["ncc"] >= min_ncc
     if drop_border:
         keep &= ~border.numpy()
+    if max_affine_residual is not None:
+        if residual is None:
+            raise ValueError("max_affine_residual needs local_affine > 0")
+        keep &= ~(residual > max_affine_residual)  # NaN (no fit) keeps the match
     return {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in out.items()}
 
 
@@ -193,12 +266,13 @@ def refine_with(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.ndar
         m["keypoints0"] = np.asarray(matches["keypoints0"], dtype=np.float64) * [ax, ay]
         m["keypoints1"] = np.asarray(matches["keypoints1"], dtype=np.float64) * [bx, by]
     out = refine_matches(a, b, m, radius=radius, patch=conf.patch, fixed=conf.fixed,
-                         min_ncc=conf.min_ncc, drop_border=conf.drop_border)
+                         min_ncc=conf.min_ncc, drop_border=conf.drop_border, local_affine=conf.local_affine,
+                         max_affine_residual=conf.max_affine_residual)
     if (ax, ay, bx, by) != (1.0, 1.0, 1.0, 1.0):
         out["keypoints0"] = out["keypoints0"] / [ax, ay]
         out["keypoints1"] = out["keypoints1"] / [bx, by]
     return out
 
 
-__all__ = ["FIXED_IMAGES", "RefineConfig", "common_scale", "refine_matches", "refine_with", "refine_positions", "ncc_maps",
+__all__ = ["FIXED_IMAGES", "RefineConfig", "common_scale", "local_affines", "refine_matches", "refine_with", "refine_positions", "ncc_maps",
            "sample_patches", "parabolic_offset", "to_gray"]

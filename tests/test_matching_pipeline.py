@@ -94,8 +94,14 @@ def test_cli_defaults_to_the_searched_learned_path(tmp_path: Path) -> None:
 
     c = conf()
     assert (c.features, c.search, c.refine, c.image_size) == ("learned", True, True, 640)
+    assert c.refine_options == RefineConfig(local_affine=12, max_affine_residual=2.0)  # affine-warped patches
     c = conf("--features", "dense-rootsift")
     assert (c.features, c.search, c.refine, c.image_size) == ("dense-rootsift", False, True, 400)
+    assert c.refine_options == RefineConfig()
+    assert conf("--max-affine-residual", "0").refine_options == RefineConfig(local_affine=12)
+    assert conf("--local-affine", "0").refine_options == RefineConfig()
+    assert conf("--features", "dense-rootsift", "--local-affine", "8").refine_options == RefineConfig(
+        local_affine=8, max_affine_residual=2.0)
     assert conf("--weights", "ncnet.pth.tar").features is None and not conf("--weights", "ncnet.pth.tar").search
     assert not conf("--relocalize").search and not conf("--no-refine").refine
     with pytest.raises(ValueError, match="search needs dense matching"):
