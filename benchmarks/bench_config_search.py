@@ -12,7 +12,7 @@ picks (the higher, the better the selection), against the total of the best conf
     python benchmarks/bench_config_search.py [--pairs 16] [--seed 0] [--threads 1] [--json out.json]
 
 ``--matches``: instead, the final matches of ``match_images_learned`` (default search: 8 turns, scales
-sqrt(2)^k, |k| <= 3 (``--scale-levels``), agreement, NCC refinement) for the learned features and for dense RootSIFT, on the same
+sqrt(2)^k, |k| <= 4 (``--scale-levels``), agreement, NCC refinement) for the learned features and for dense RootSIFT, on the same
 kind of held-out pairs: share of the top 1000 matches by score within 3 px of the truth in B (MMA@3) and
 homographies found (mean corner error < 5 px), for matches kept by peak NCC >= t, t in MIN_NCC, for each NCC
 refinement of ``--refine`` applied to the same coarse matches (the settings of ``RefineConfig`` are chosen here,

@@ -15,7 +15,7 @@ Keypoints of every method are converted to OpenCV pixel coordinates (centre of t
 the convention of the H files.
 
     python benchmarks/oxford_eval.py [--seqs wall boat bark] [--methods learned sift] [--image-size 640]
-        [--top 1000] [--threads 2] [--angles 8] [--scale-levels 3] [--select agreement] [--no-ncc] [--json out.json]
+        [--top 1000] [--threads 2] [--angles 8] [--scale-levels 4] [--select agreement] [--no-ncc] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from localize.core.records import load_rgb
 from matching.configuration_search import scale_ladder
 from matching.learned_features import PACKAGED_LEARNED_WEIGHTS, SELECT_CRITERIA, match_images_learned
-from matching.match import SEARCH_REFINE, match_images
+from matching.match import SEARCH_REFINE, SEARCH_SCALE_LEVELS, match_images
 from matching.model import build_ncnet
 from matching.refine import RefineConfig
 
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--angles", type=int, default=8, help="learned: turns of B, every 360/N degrees")
-    ap.add_argument("--scale-levels", type=int, default=3, help="learned: relative scales sqrt(2)^k, |k| <= N")
+    ap.add_argument("--scale-levels", type=int, default=SEARCH_SCALE_LEVELS,
+                    help="learned: relative scales sqrt(2)^k, |k| <= N (default: python -m matching.match's)")
     ap.add_argument("--select", choices=SELECT_CRITERIA, default="agreement", help="learned: configuration score")
     ap.add_argument("--ncc", action=argparse.BooleanOptionalAction, default=True,
                     help="learned: NCC refinement at full resolution (matching.refine.refine_with; default: the "

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 400
 SEARCH_IMAGE_SIZE = 640  # the command line's default with ``search`` (the size its settings were chosen at)
 SEARCH_ANGLES = tuple(45.0 * i for i in range(8))  # B's turns tried by ``search`` (degrees)
-SEARCH_SCALE_LEVELS = 3  # relative scales sqrt(2)^k, |k| <= 3, tried by ``search``
+SEARCH_SCALE_LEVELS = 4  # relative scales sqrt(2)^k, |k| <= 4 (0.25-4), tried by ``search``
 # the command line's NCC refinement with ``search``: patches warped by the affine fit of 12 neighbouring matches,
 # matches farther than 2 px from their neighbours' fit dropped (chosen on held-out pairs: bench_config_search.py)
 SEARCH_REFINE = RefineConfig(local_affine=12, max_affine_residual=2.0)
@@ -64,7 +64,7 @@ class MatchConfig:
     neighbours, through consensus (0 = all); store_db_features: the pipeline keeps database images' features
     in its export folder in float16 (``matching.features.FeatureStore``; read back by later runs and queries);
     search: B's turn and relative scale searched first (``matching.learned_features.match_images_learned``: every
-    45 deg x sqrt(2)^k, |k| <= 3, by neighbour agreement; dense matching without relocalization only), with
+    45 deg x sqrt(2)^k, |k| <= 4, by neighbour agreement; dense matching without relocalization only), with
     ``refine`` its NCC refinement at full resolution against B turned upright.
 
     """
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="drop matches farther than PX from their neighbours' affine fit (default "
                          f"{SEARCH_REFINE.max_affine_residual:g} with --local-affine, 0 = keep all)")
     ap.add_argument("--search", choices=["auto", "on", "off"], default="auto",
-                    help="search B's turn (every 45 deg) and relative scale (0.35-2.83) first; auto: with the "
+                    help="search B's turn (every 45 deg) and relative scale (0.25-4) first; auto: with the "
                          "learned features, dense matching without --relocalize")
     ap.add_argument("--half", action="store_true", help="float16 consensus (CUDA)")
     ap.add_argument("--precision", choices=list(PRECISIONS), default="auto",

@@ -18,7 +18,7 @@ cosine schedule to the time limit after timing the first steps (the count is sto
 
     python -m matching.train_features --photos DIR --synthetic PACK.npz --out outputs/learned/ckpt.pth \
         [--device cuda --amp] [--batch 32 --crop 256] [--iterations N | --auto-iterations] [--time-limit S]
-        [--resume] [--export matching/weights/learned_features.pth]
+        [--resume] [--init matching/weights/learned_features.pth] [--export matching/weights/learned_features.pth]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class TrainFeaturesConfig:
     checkpoint_every: int = 500
     val_pairs: int = 32
     resume: bool = False
+    init: str = ""  # start from these packaged learned-feature weights (fine-tuning, fresh optimizer; '' = random)
     export: str = ""  # also write the packaged weight file here at the end
     feature: dict = field(default_factory=lambda: LearnedConfig().to_dict())
 
@@ -441,6 +442,12 @@ def main(conf: TrainFeaturesConfig) -> dict:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         log.info("resumed %s at iteration %d", out, start)
+    elif conf.init:
+        src = load_learned_features(conf.init)
+        if src.config != model.config:
+            raise ValueError(f"--init {conf.init}: features {src.config} differ from this run's {model.config}")
+        model.load_state_dict(src.state_dict())
+        log.info("initialised from %s", conf.init)
     log.info("features %s: %d parameters; config %s", model.config, num_parameters(model), conf)
     source = PairSource(conf, "train")
     val_source = PairSource(from_dict(TrainFeaturesConfig, {**asdict(conf), "synthetic": ""}), "val") \

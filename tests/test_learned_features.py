@@ -138,6 +138,22 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert not torch.equal(so["model"]["head.weight"], sa["model"]["head.weight"])
 
 
+def test_init_starts_from_packaged_weights(tmp_path):
+    """--init: the run's first step starts from the given weight file's (dequantised) weights, fresh optimizer;
+    a file of other features is refused."""
+    photos = _photo_folder(tmp_path)
+    first = main(_conf(tmp_path, photos, "first", export=str(tmp_path / "first.pth")))
+    start = load_learned_features(first["export"])
+    zero = main(_conf(tmp_path, photos, "tuned", init=first["export"], iterations=0, warmup=0))
+    tuned0 = load_torch_file(zero["checkpoint"])["model"]
+    for k, v in start.state_dict().items():
+        assert torch.equal(tuned0[k], v), k
+    tuned = main(_conf(tmp_path, photos, "tuned2", init=first["export"], iterations=2, warmup=1))
+    assert not torch.equal(load_torch_file(tuned["checkpoint"])["model"]["head.weight"], start.state_dict()["head.weight"])
+    with pytest.raises(ValueError, match="differ"):
+        main(_conf(tmp_path, photos, "bad", init=first["export"], feature={**TINY.to_dict(), "channels": 8}))
+
+
 def test_weight_file_roundtrip_through_safe_loader(tmp_path):
     torch.manual_seed(0)
     net = LearnedFeatures(TINY).eval()
