@@ -45,7 +45,7 @@ from matching.configuration_search import (
     scale_ladder,
     turn_image,
 )
-from matching.learned_features import learned_sides
+from matching.learned_features import DIRECTIONS, learned_sides
 from matching.model import build_ncnet
 from matching.preprocess import image_to_tensor, resize_rgb, resized_shape
 from matching.refine import RefineConfig
@@ -174,12 +174,13 @@ def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
     """The ``--matches`` mode (module docstring): each model's search and matching once per pair, then each
     refinement of ``--refine`` applied to the same coarse matches."""
     from matching.learned_features import match_images_learned, refine_turned
-    from matching.match import SEARCH_ANGLES, SEARCH_SCALE_LEVELS
+    from matching.match import SEARCH_ANGLES, SEARCH_DIRECTIONS, SEARCH_SCALE_LEVELS
 
     search = {"angles": SEARCH_ANGLES, "scales": scale_ladder(args.scale_levels or SEARCH_SCALE_LEVELS),
-              "select": "agreement", "ncc": None}
+              "select": "agreement", "ncc": None, "directions": args.directions or SEARCH_DIRECTIONS}
     variants = refine_variants(args.refine, args.at_moving_scale)
-    models = {name: build_ncnet(features="learned" if name == "learned" else None) for name in args.models}
+    models = {name: build_ncnet(args.ncnet_weights if name == "learned" else None,
+                                features="learned" if name == "learned" else None) for name in args.models}
     records = []
     for n, name_i, z, theta, a, b, H in held_out_pairs(args, files):
         rec = {"photo": name_i, "z": z, "theta": theta}
@@ -221,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="--matches: which features")
     ap.add_argument("--refine", nargs="+", choices=["plain", "affine", "affine-filter"], default=["plain", "affine"],
                     help="--matches: NCC refinements compared on the same coarse matches")
+    ap.add_argument("--directions", choices=DIRECTIONS, default=None,
+                    help="--matches: matches kept after extraction (default: matching.match's)")
+    ap.add_argument("--ncnet-weights", default=None,
+                    help="--matches: consensus checkpoint of the learned model (default: the packaged one)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

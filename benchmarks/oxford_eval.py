@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from localize.core.records import load_rgb
 from matching.configuration_search import scale_ladder
-from matching.learned_features import PACKAGED_LEARNED_WEIGHTS, SELECT_CRITERIA, match_images_learned
-from matching.match import SEARCH_REFINE, SEARCH_SCALE_LEVELS, match_images
+from matching.learned_features import DIRECTIONS, PACKAGED_LEARNED_WEIGHTS, SELECT_CRITERIA, match_images_learned
+from matching.match import SEARCH_DIRECTIONS, SEARCH_REFINE, SEARCH_SCALE_LEVELS, match_images
 from matching.model import build_ncnet
 from matching.refine import RefineConfig
 
@@ -90,15 +90,17 @@ def evaluate_pair(kp0: np.ndarray, kp1: np.ndarray, H: np.ndarray, shape_a: tupl
     return res
 
 
-def make_methods(names: list[str], image_size: int, learned_weights: str | None, search: dict | None = None) -> dict:
+def make_methods(names: list[str], image_size: int, learned_weights: str | None, search: dict | None = None,
+                 ncnet_weights: str | None = None) -> dict:
     """{name: fn(img_a, img_b) -> matches in OpenCV pixels}; ``search``: keyword arguments of
-    ``match_images_learned`` (angles, scales, select, ncc) for ``learned``."""
+    ``match_images_learned`` (angles, scales, select, ncc) for ``learned``; ``ncnet_weights``: its consensus
+    checkpoint (None: the packaged one)."""
     methods = {}
     for name in names:
         if name == "sift":
             methods[name] = lambda a, b: sift_matches(a, b)
         elif name == "learned":
-            model = build_ncnet(features="learned", backbone_weights=learned_weights)
+            model = build_ncnet(ncnet_weights, features="learned", backbone_weights=learned_weights)
             methods[name] = (lambda m: lambda a, b: _colmap_to_cv(match_images_learned(
                 m, a, b, image_size, **(search or {}))))(model)
         elif name == "rootsift":
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqs", nargs="+", default=["wall", "boat", "bark"])
     ap.add_argument("--methods", nargs="+", default=["learned", "sift"])
     ap.add_argument("--learned-weights", default=str(PACKAGED_LEARNED_WEIGHTS))
+    ap.add_argument("--ncnet-weights", default=None, help="learned: consensus checkpoint (default: the packaged one)")
     ap.add_argument("--image-size", type=int, default=640)
     ap.add_argument("--top", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
@@ -177,18 +180,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="learned: NCC patches warped by the affine fit of N neighbouring matches (0 = upright)")
     ap.add_argument("--max-affine-residual", type=float, default=SEARCH_REFINE.max_affine_residual,
                     help="learned: drop matches farther than this (px) from their neighbours' fit (0 = keep all)")
+    ap.add_argument("--directions", choices=DIRECTIONS, default=SEARCH_DIRECTIONS,
+                    help="learned: matches kept after extraction (default: python -m matching.match's)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     ncc = RefineConfig(at_moving_scale=args.ncc_at_moving_scale, local_affine=args.local_affine,
                        max_affine_residual=(args.max_affine_residual or None) if args.local_affine else None)
     search = {"angles": tuple(360.0 * i / args.angles for i in range(args.angles)),
-              "scales": scale_ladder(args.scale_levels), "select": args.select, "ncc": ncc if args.ncc else None}
+              "scales": scale_ladder(args.scale_levels), "select": args.select, "ncc": ncc if args.ncc else None,
+              "directions": args.directions}
     torch.set_num_threads(args.threads)
     import logging
 
     logging.getLogger("matching.model").setLevel(logging.ERROR)
-    res = evaluate_oxford(Path(args.root), args.seqs, make_methods(args.methods, args.image_size, args.learned_weights, search),
-                          args.top)
+    res = evaluate_oxford(Path(args.root), args.seqs, make_methods(args.methods, args.image_size, args.learned_weights, search,
+                                                                    args.ncnet_weights), args.top)
     print(f"Oxford, image size {args.image_size}, top {args.top} matches by score")
     print(table(res, args.seqs))
     if args.json:

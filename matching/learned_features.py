@@ -44,6 +44,7 @@ LEARNED_FORMAT = "learned-features-v1"
 PACKAGED_LEARNED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "learned_features.pth"
 GRAY = (0.299, 0.587, 0.114)
 SELECT_CRITERIA = ("agreement", "strength")
+DIRECTIONS = ("both", "smaller", "mutual")  # matches kept by match_images_learned
 
 
 @dataclass
@@ -235,17 +236,21 @@ def search_configurations(angles: tuple[float, ...], scales: tuple[float, ...]) 
     return sorted(out, key=lambda c: (c != (0.0, 1.0), abs(math.log(c[1])), c))
 
 
-def from_smaller_grid(corr: Tensor, idx0: Tensor, idx1: Tensor, k: int = 1) -> Tensor:
+def from_smaller_grid(corr: Tensor, idx0: Tensor, idx1: Tensor, k: int = 1, mutual: bool = False) -> Tensor:
     """Bool mask of matches (cells idx0 / idx1 [N, 2] (row, col) of the grids at k x the correlation's) that are
-    the best match of their cell in the image with fewer cells (all matches when both grids have as many).
+    the best match of their cell in the image with fewer cells (all matches when both grids have as many);
+    with ``mutual``: the best match of their cell in both images (mutual nearest neighbours of ``corr``).
 
     When B is resized against A, the image with fewer cells is the one whose view lies inside the other's;
     cells of the larger grid outside it have no counterpart, yet their softmax over the few cells of the
-    smaller grid scores high, so only the smaller grid's direction is kept."""
+    smaller grid scores high, so only the smaller grid's direction is kept. Cells of either image that the
+    other does not see get a best match too: only mutual ones leave those out whatever the grid sizes."""
     ha, wa, hb, wb = corr.shape[-4:]
     c = corr.reshape(ha * wa, hb * wb)
     i0 = idx0[:, 0] // k * wa + idx0[:, 1] // k
     i1 = idx1[:, 0] // k * wb + idx1[:, 1] // k
+    if mutual:
+        return (c.argmax(1)[i0] == i1) & (c.argmax(0)[i1] == i0)
     if ha * wa < hb * wb:
         return c.argmax(1)[i0] == i1
     if ha * wa > hb * wb:
@@ -274,12 +279,12 @@ def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size
     relative to A by each of ``scales`` (sides per ``learned_sides``); the configuration with the highest
     ``configuration_score`` (``select``) is kept and matched fully (consensus, extraction, descriptor
     refinement when ``refine``; ``directions`` 'both': the matches of extraction, 'smaller': only those of
-    ``from_smaller_grid``; then, when ``ncc`` is given, NCC refinement of B's keypoints at full
+    ``from_smaller_grid``, 'mutual': only mutual ones (``from_smaller_grid(..., mutual=True)``); then, when ``ncc`` is given, NCC refinement of B's keypoints at full
     resolution by ``refine_with`` with those options). Keypoints in original pixels (COLMAP convention),
     sorted by decreasing score, matches whose B keypoint falls outside B dropped; ``transform`` = (angle,
     long side A, long side B) chosen, ``cells`` = one matching cell in px of A and of B (``refine_turned``'s)."""
-    if directions not in ("both", "smaller"):
-        raise ValueError(f"directions must be 'both' or 'smaller', got {directions!r}")
+    if directions not in DIRECTIONS:
+        raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
     if select not in SELECT_CRITERIA:
         raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -307,8 +312,9 @@ def match_images_learned(model, img_a: np.ndarray, img_b: np.ndarray, image_size
     corr, code = model.correlate(fa, fb)
     corr = model.filter_correlation(corr)
     m = extract_matches(corr[:1], img_a.shape[:2], tuple(tb.shape[-2:]), code=code, k=model.relocalization_k)
-    if directions == "smaller":
-        keep = from_smaller_grid(corr, m["indices0"], m["indices1"], model.relocalization_k)
+    if directions in ("smaller", "mutual"):
+        keep = from_smaller_grid(corr, m["indices0"], m["indices1"], model.relocalization_k,
+                                 mutual=directions == "mutual")
         m = {key: m[key][keep] for key in ("keypoints0", "keypoints1", "scores")}
     kp0, kp1, scores = m["keypoints0"].float().cpu(), m["keypoints1"].float().cpu(), m["scores"].float().cpu()
     if refine and len(scores):
@@ -345,4 +351,4 @@ def refine_turned(img_a: np.ndarray, img_b: np.ndarray, matches: dict[str, np.nd
 __all__ = ["LearnedConfig", "LearnedFeatures", "LEARNED_FORMAT", "PACKAGED_LEARNED_WEIGHTS", "load_learned_features",
            "save_learned_weights", "weights_payload", "sample_descriptors", "refine_with_descriptors",
            "match_images_learned", "num_parameters", "unrotate_points", "learned_sides", "search_configurations",
-           "configuration_score", "refine_turned", "SELECT_CRITERIA", "from_smaller_grid"]
+           "configuration_score", "refine_turned", "SELECT_CRITERIA", "DIRECTIONS", "from_smaller_grid"]

@@ -25,7 +25,7 @@ from localize.core.records import load_rgb
 from matching.configuration_search import scale_ladder
 from matching.extract import extract_matches
 from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, extractor_identity, resolve_precision
-from matching.learned_features import match_images_learned
+from matching.learned_features import DIRECTIONS, match_images_learned
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
@@ -41,6 +41,7 @@ SEARCH_SCALE_LEVELS = 4  # relative scales sqrt(2)^k, |k| <= 4 (0.25-4), tried b
 # the command line's NCC refinement with ``search``: patches warped by the affine fit of 12 neighbouring matches,
 # matches farther than 2 px from their neighbours' fit dropped (chosen on held-out pairs: bench_config_search.py)
 SEARCH_REFINE = RefineConfig(local_affine=12, max_affine_residual=2.0)
+SEARCH_DIRECTIONS = "mutual"  # matches kept by ``search``: mutual nearest neighbours after consensus
 DEFAULT_FEATURE_CACHE_MB = 512
 PLOT_MAX_LINES = 300
 
@@ -65,7 +66,8 @@ class MatchConfig:
     in its export folder in float16 (``matching.features.FeatureStore``; read back by later runs and queries);
     search: B's turn and relative scale searched first (``matching.learned_features.match_images_learned``: every
     45 deg x sqrt(2)^k, |k| <= 4, by neighbour agreement; dense matching without relocalization only), with
-    ``refine`` its NCC refinement at full resolution against B turned upright.
+    ``refine`` its NCC refinement at full resolution against B turned upright; search_directions: the matches it
+    keeps ('mutual': mutual nearest neighbours only, 'smaller': the smaller grid's direction, 'both': all).
 
     """
 
@@ -90,6 +92,7 @@ class MatchConfig:
     prescreen: int = 0
     store_db_features: bool = False
     search: bool = False
+    search_directions: str = SEARCH_DIRECTIONS
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -109,6 +112,8 @@ class MatchConfig:
             raise ValueError(f"prescreen must be >= 0, got {self.prescreen}")
         if self.sparse and (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,)):
             raise ValueError("scales / rotations (matching.pyramid) need dense matching, not sparse")
+        if self.search_directions not in DIRECTIONS:
+            raise ValueError(f"search_directions must be one of {DIRECTIONS}, got {self.search_directions!r}")
         if self.search and (self.sparse or self.relocalize or (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,))):
             raise ValueError("search needs dense matching without relocalization, scales or rotations")
 
@@ -178,7 +183,8 @@ class Matcher:
         if c.search:
             return match_images_learned(self.model, img_a, img_b, int(c.image_size), max_matches=c.max_matches,
                                         angles=SEARCH_ANGLES, scales=scale_ladder(SEARCH_SCALE_LEVELS),
-                                        select="agreement", ncc=c.refine_options if c.refine else None)
+                                        select="agreement", ncc=c.refine_options if c.refine else None,
+                                        directions=c.search_directions)
         if self.pyramid:
             return match_pyramid(self.model, img_a, img_b, int(c.image_size), c.scales, c.rotations,
                                  refine=bool(c.refine), refine_options=c.refine_options, max_matches=c.max_matches,
@@ -302,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-affine-residual", type=float, default=None, metavar="PX",
                     help="drop matches farther than PX from their neighbours' affine fit (default "
                          f"{SEARCH_REFINE.max_affine_residual:g} with --local-affine, 0 = keep all)")
+    ap.add_argument("--directions", choices=list(DIRECTIONS), default=SEARCH_DIRECTIONS,
+                    help="with the search: the matches kept (mutual nearest neighbours, the smaller grid's "
+                         "direction, or both directions as NCNet)")
     ap.add_argument("--search", choices=["auto", "on", "off"], default="auto",
                     help="search B's turn (every 45 deg) and relative scale (0.25-4) first; auto: with the "
                          "learned features, dense matching without --relocalize")
@@ -335,7 +344,7 @@ def conf_from_args(args: argparse.Namespace) -> MatchConfig:
         "image_size": size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
         "sparse": args.sparse, "top_k": args.top_k, "refine": args.refine, "max_matches": args.max_matches,
         "half": args.half, "consensus": not args.no_consensus, "precision": args.precision, "search": search,
-        "refine_options": refine_options})
+        "refine_options": refine_options, "search_directions": args.directions})
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -100,3 +100,10 @@ def test_only_the_smaller_grids_direction_is_kept() -> None:
     assert from_smaller_grid(swapped, idx1, idx0).tolist() == [True, True, False]
     square = torch.zeros(1, 1, 2, 2, 2, 2)
     assert from_smaller_grid(square, idx0, idx1).all()
+    # mutual: both cells' best, whatever the grid sizes
+    square[0, 0, 0, 0, 0, 0] = 0.9  # A (0, 0) <-> B (0, 0): mutual
+    square[0, 0, 0, 0, 0, 1] = 0.5  # B (0, 1)'s best is A (0, 0), whose best is B (0, 0): one-way
+    square[0, 0, 1, 1, 1, 1] = 0.7  # A (1, 1) <-> B (1, 1): mutual
+    i0, i1 = torch.tensor([[0, 0], [0, 0], [1, 1]]), torch.tensor([[0, 0], [0, 1], [1, 1]])
+    assert from_smaller_grid(square, i0, i1, mutual=True).tolist() == [True, False, True]
+    assert from_smaller_grid(corr, idx0, idx1, mutual=True).tolist() == [True, True, False]

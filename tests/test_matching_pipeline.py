@@ -95,6 +95,9 @@ def test_cli_defaults_to_the_searched_learned_path(tmp_path: Path) -> None:
     c = conf()
     assert (c.features, c.search, c.refine, c.image_size) == ("learned", True, True, 640)
     assert c.refine_options == RefineConfig(local_affine=12, max_affine_residual=2.0)  # affine-warped patches
+    assert c.search_directions == "mutual" and conf("--directions", "both").search_directions == "both"
+    with pytest.raises(ValueError, match="search_directions"):
+        MatchConfig(search_directions="one")
     c = conf("--features", "dense-rootsift")
     assert (c.features, c.search, c.refine, c.image_size) == ("dense-rootsift", False, True, 400)
     assert c.refine_options == RefineConfig()
