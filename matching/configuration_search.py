@@ -63,13 +63,18 @@ def unturn_points(xy: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return (np.asarray(xy, dtype=np.float64) - t) @ np.linalg.inv(R).T
 
 
-def mutual_nearest(feat_a: Tensor, feat_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mutual nearest neighbours of two L2-normalised feature maps [1, C, h, w]: (flat A cells, flat B cells,
-    correlations), one entry per mutual pair."""
-    corr = torch.einsum("bchw,bcij->bhwij", feat_a, feat_b).flatten(3).flatten(1, 2)[0]  # [A cells, B cells]
+def mutual_pairs(corr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mutual nearest neighbours of a correlation matrix [A cells, B cells]: (A cells, B cells, correlations),
+    one entry per pair whose B cell is its A cell's best and whose A cell is its B cell's best."""
     ab, ba = corr.max(1), corr.max(0)
     ia = torch.nonzero(ba.indices[ab.indices] == torch.arange(corr.shape[0], device=corr.device))[:, 0]
     return ia, ab.indices[ia], ab.values[ia]
+
+
+def mutual_nearest(feat_a: Tensor, feat_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mutual nearest neighbours of two L2-normalised feature maps [1, C, h, w]: (flat A cells, flat B cells,
+    correlations), one entry per mutual pair."""
+    return mutual_pairs(torch.einsum("bchw,bcij->bhwij", feat_a, feat_b).flatten(3).flatten(1, 2)[0])
 
 
 def mutual_strength(feat_a: Tensor, feat_b: Tensor, top: int = 200) -> float:
@@ -97,5 +102,5 @@ def neighbour_agreement(feat_a: Tensor, feat_b: Tensor, min_agree: int = 3, tole
     return int((agree >= min_agree).sum())
 
 
-__all__ = ["NEIGHBOURS", "mutual_nearest", "mutual_strength", "neighbour_agreement", "scale_ladder", "turn_affine",
+__all__ = ["NEIGHBOURS", "mutual_nearest", "mutual_pairs", "mutual_strength", "neighbour_agreement", "scale_ladder", "turn_affine",
            "turn_image", "unturn_points"]

@@ -32,7 +32,13 @@ from torch import Tensor, nn
 
 from localize.core.config import from_dict
 from localize.core.torchfile import load_torch_file
-from matching.configuration_search import mutual_strength, neighbour_agreement, turn_image, unturn_points
+from matching.configuration_search import (
+    mutual_pairs,
+    mutual_strength,
+    neighbour_agreement,
+    turn_image,
+    unturn_points,
+)
 from matching.correlation import feature_l2norm
 from matching.extract import extract_matches
 from matching.preprocess import image_to_tensor, resize_rgb, resized_shape
@@ -250,7 +256,8 @@ def from_smaller_grid(corr: Tensor, idx0: Tensor, idx1: Tensor, k: int = 1, mutu
     i0 = idx0[:, 0] // k * wa + idx0[:, 1] // k
     i1 = idx1[:, 0] // k * wb + idx1[:, 1] // k
     if mutual:
-        return (c.argmax(1)[i0] == i1) & (c.argmax(0)[i1] == i0)
+        ma, mb, _ = mutual_pairs(c)
+        return torch.isin(i0 * (hb * wb) + i1, ma * (hb * wb) + mb)
     if ha * wa < hb * wb:
         return c.argmax(1)[i0] == i1
     if ha * wa > hb * wb:
