@@ -66,9 +66,12 @@ def unturn_points(xy: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def mutual_pairs(corr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Mutual nearest neighbours of a correlation matrix [A cells, B cells]: (A cells, B cells, correlations),
     one entry per pair whose B cell is its A cell's best and whose A cell is its B cell's best."""
-    ab, ba = corr.max(1), corr.max(0)
-    ia = torch.nonzero(ba.indices[ab.indices] == torch.arange(corr.shape[0], device=corr.device))[:, 0]
-    return ia, ab.indices[ia], ab.values[ia]
+    vals, ib = corr.max(1)  # each A cell's best B cell (the first, under ties)
+    col_max = corr.amax(0)  # each B cell's best value (a values-only reduction: no strided index search)
+    rows, cols = torch.nonzero(corr == col_max, as_tuple=True)  # every (A, B) cell pair at its B cell's best
+    first = torch.full_like(col_max, corr.shape[0], dtype=torch.long).scatter_reduce(0, cols, rows, reduce="amin")
+    ia = torch.nonzero(first[ib] == torch.arange(corr.shape[0], device=corr.device))[:, 0]  # first best row, as max(0)
+    return ia, ib[ia], vals[ia]
 
 
 def mutual_nearest(feat_a: Tensor, feat_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,6 +14,7 @@ from test_learned_features import texture
 
 from matching.configuration_search import (
     mutual_nearest,
+    mutual_pairs,
     neighbour_agreement,
     scale_ladder,
     turn_image,
@@ -107,3 +108,16 @@ def test_only_the_smaller_grids_direction_is_kept() -> None:
     i0, i1 = torch.tensor([[0, 0], [0, 0], [1, 1]]), torch.tensor([[0, 0], [0, 1], [1, 1]])
     assert from_smaller_grid(square, i0, i1, mutual=True).tolist() == [True, False, True]
     assert from_smaller_grid(corr, idx0, idx1, mutual=True).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("shape,step", [((40, 60), None), ((60, 40), 0.5), ((30, 30), 2.0), ((1, 9), 1.0), ((9, 1), None)])
+def test_mutual_pairs_equal_the_two_way_argmax(shape: tuple[int, int], step: float | None) -> None:
+    """Mutual pairs = A cells whose best B cell's best A cell (first one under ties, as torch.max) is themselves;
+    coarsely rounded values make many ties (as black borders of turned images do)."""
+    corr = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    if step:
+        corr = (corr / step).round() * step
+    ab, ba = corr.max(1), corr.max(0)
+    ia = torch.nonzero(ba.indices[ab.indices] == torch.arange(shape[0]))[:, 0]
+    got = mutual_pairs(corr)
+    assert torch.equal(got[0], ia) and torch.equal(got[1], ab.indices[ia]) and torch.equal(got[2], ab.values[ia])
