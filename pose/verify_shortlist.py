@@ -42,6 +42,7 @@ from localize.core.geometry import Camera
 from localize.core.hloc import NAME_STYLES, resolve_pairs, to_hloc_name
 from localize.core.records import DbImage, load_rgb
 from localize.core.threads import map_threads
+from matching.configuration_search import mutual_pairs
 from matching.extract import cell_to_pixels
 from matching.features import build_features
 from matching.preprocess import image_to_tensor, resized_shape
@@ -72,11 +73,8 @@ def verify_config(conf: Mapping[str, Any] | VerifyConfig | None) -> VerifyConfig
 
 def mutual_nn(feat_a: torch.Tensor, feat_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard mutual nearest neighbours of L2-normalised features [C, Na], [C, Nb] -> flat indices (ia, ib)."""
-    sim = feat_a.T @ feat_b
-    a2b = sim.max(dim=1).indices  # max(dim).indices: first maximum, like argmax, and faster along dim 0
-    b2a = sim.max(dim=0).indices
-    ia = torch.nonzero(b2a[a2b] == torch.arange(len(a2b), device=a2b.device))[:, 0]
-    return ia, a2b[ia]
+    ia, ib, _ = mutual_pairs(feat_a.T @ feat_b)
+    return ia, ib
 
 
 def cell_centers(idx: np.ndarray, grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
