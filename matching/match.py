@@ -25,7 +25,7 @@ from localize.core.records import load_rgb
 from matching.configuration_search import scale_ladder
 from matching.extract import extract_matches
 from matching.features import PRECISIONS, ImageFeatures, ResNet101Features, extractor_identity, resolve_precision
-from matching.learned_features import DIRECTIONS, match_images_learned
+from matching.learned_features import DIRECTIONS, from_smaller_grid, match_images_learned
 from matching.model import NCNet, build_ncnet
 from matching.plot import plot_matches
 from matching.preprocess import image_to_tensor, resized_shape
@@ -66,8 +66,9 @@ class MatchConfig:
     in its export folder in float16 (``matching.features.FeatureStore``; read back by later runs and queries);
     search: B's turn and relative scale searched first (``matching.learned_features.match_images_learned``: every
     45 deg x sqrt(2)^k, |k| <= 4, by neighbour agreement; dense matching without relocalization only), with
-    ``refine`` its NCC refinement at full resolution against B turned upright; search_directions: the matches it
-    keeps ('mutual': mutual nearest neighbours only, 'smaller': the smaller grid's direction, 'both': all).
+    ``refine`` its NCC refinement at full resolution against B turned upright; directions: the dense matches kept
+    ('mutual': mutual nearest neighbours only, 'smaller': the smaller grid's direction, 'both': NCNet's, both
+    directions; None: ``SEARCH_DIRECTIONS`` with the search, 'both' otherwise; not with sparse or scales/rotations).
 
     """
 
@@ -92,7 +93,7 @@ class MatchConfig:
     prescreen: int = 0
     store_db_features: bool = False
     search: bool = False
-    search_directions: str = SEARCH_DIRECTIONS
+    directions: str | None = None
 
     def __post_init__(self) -> None:
         if int(self.image_size) <= 0:
@@ -112,8 +113,11 @@ class MatchConfig:
             raise ValueError(f"prescreen must be >= 0, got {self.prescreen}")
         if self.sparse and (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,)):
             raise ValueError("scales / rotations (matching.pyramid) need dense matching, not sparse")
-        if self.search_directions not in DIRECTIONS:
-            raise ValueError(f"search_directions must be one of {DIRECTIONS}, got {self.search_directions!r}")
+        if self.directions is not None and self.directions not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {DIRECTIONS} or None, got {self.directions!r}")
+        if self.directions not in (None, "both") and (self.sparse or (tuple(self.scales), tuple(self.rotations))
+                                                      != ((1.0,), (0,))):
+            raise ValueError("directions other than 'both' need dense matching without scales / rotations")
         if self.search and (self.sparse or self.relocalize or (tuple(self.scales), tuple(self.rotations)) != ((1.0,), (0,))):
             raise ValueError("search needs dense matching without relocalization, scales or rotations")
 
@@ -164,7 +168,8 @@ class Matcher:
             raise ValueError("refine needs both images: match_features(feat_a, feat_b, img_a, img_b)")
         if not c.sparse:
             return match_dense_head(model, feat_a, feat_b, img_a, img_b, refine=bool(c.refine),
-                                    max_matches=c.max_matches, refine_options=c.refine_options)
+                                    max_matches=c.max_matches, refine_options=c.refine_options,
+                                    directions=c.directions or "both")
         m = match_sparse_head(model, feat_a.tensor, feat_b.tensor, feat_a.image_hw, feat_b.image_hw,
                               top_k=int(c.top_k), relocalization=c.reloc_mode if c.relocalize else "none",
                               max_matches=c.max_matches)
@@ -184,7 +189,7 @@ class Matcher:
             return match_images_learned(self.model, img_a, img_b, int(c.image_size), max_matches=c.max_matches,
                                         angles=SEARCH_ANGLES, scales=scale_ladder(SEARCH_SCALE_LEVELS),
                                         select="agreement", ncc=c.refine_options if c.refine else None,
-                                        directions=c.search_directions)
+                                        directions=c.directions or SEARCH_DIRECTIONS)
         if self.pyramid:
             return match_pyramid(self.model, img_a, img_b, int(c.image_size), c.scales, c.rotations,
                                  refine=bool(c.refine), refine_options=c.refine_options, max_matches=c.max_matches,
@@ -206,11 +211,17 @@ def image_features(model: NCNet, img: np.ndarray, image_size: int, multiple: int
 @torch.no_grad()
 def match_dense_head(model: NCNet, feat_a: ImageFeatures, feat_b: ImageFeatures, img_a: np.ndarray | None = None,
                      img_b: np.ndarray | None = None, refine: bool = False, max_matches: int | None = None,
-                     min_score: float = 0.0, refine_options: RefineConfig | None = None) -> dict[str, np.ndarray]:
-    """Dense NCNet matches from two images' features (``match_images`` after the backbone); images only to refine."""
+                     min_score: float = 0.0, refine_options: RefineConfig | None = None,
+                     directions: str = "both") -> dict[str, np.ndarray]:
+    """Dense NCNet matches from two images' features (``match_images`` after the backbone); images only to refine.
+    ``directions``: 'both' (NCNet's extraction), 'smaller' or 'mutual' (``learned_features.from_smaller_grid``)."""
+    if directions not in DIRECTIONS:
+        raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
     out = model.head(feat_a.tensor, feat_b.tensor)
     m = extract_matches(out.corr[:1], feat_a.image_hw, feat_b.image_hw, code=out.code, k=out.k)
     keep = m["scores"] >= min_score
+    if directions != "both":
+        keep &= from_smaller_grid(out.corr, m["indices0"], m["indices1"], out.k, mutual=directions == "mutual")
     result = {"keypoints0": m["keypoints0"][keep].cpu().numpy(), "keypoints1": m["keypoints1"][keep].cpu().numpy(),
               "scores": m["scores"][keep].float().cpu().numpy()}
     if max_matches is not None:
@@ -308,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-affine-residual", type=float, default=None, metavar="PX",
                     help="drop matches farther than PX from their neighbours' affine fit (default "
                          f"{SEARCH_REFINE.max_affine_residual:g} with --local-affine, 0 = keep all)")
-    ap.add_argument("--directions", choices=list(DIRECTIONS), default=SEARCH_DIRECTIONS,
-                    help="with the search: the matches kept (mutual nearest neighbours, the smaller grid's "
-                         "direction, or both directions as NCNet)")
+    ap.add_argument("--directions", choices=list(DIRECTIONS), default=None,
+                    help="dense matches kept: mutual nearest neighbours, the smaller grid's direction, or both "
+                         "directions as NCNet (default: mutual with the learned features, else both)")
     ap.add_argument("--search", choices=["auto", "on", "off"], default="auto",
                     help="search B's turn (every 45 deg) and relative scale (0.25-4) first; auto: with the "
                          "learned features, dense matching without --relocalize")
@@ -344,7 +355,8 @@ def conf_from_args(args: argparse.Namespace) -> MatchConfig:
         "image_size": size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
         "sparse": args.sparse, "top_k": args.top_k, "refine": args.refine, "max_matches": args.max_matches,
         "half": args.half, "consensus": not args.no_consensus, "precision": args.precision, "search": search,
-        "refine_options": refine_options, "search_directions": args.directions})
+        "refine_options": refine_options,
+        "directions": args.directions or (SEARCH_DIRECTIONS if features == "learned" and not args.sparse else None)})
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -95,9 +95,13 @@ def test_cli_defaults_to_the_searched_learned_path(tmp_path: Path) -> None:
     c = conf()
     assert (c.features, c.search, c.refine, c.image_size) == ("learned", True, True, 640)
     assert c.refine_options == RefineConfig(local_affine=12, max_affine_residual=2.0)  # affine-warped patches
-    assert c.search_directions == "mutual" and conf("--directions", "both").search_directions == "both"
-    with pytest.raises(ValueError, match="search_directions"):
-        MatchConfig(search_directions="one")
+    assert c.directions == "mutual" and conf("--directions", "both").directions == "both"
+    assert conf("--search", "off").directions == "mutual"  # the learned features' single configuration too
+    assert conf("--features", "dense-rootsift").directions is None  # NCNet's both directions
+    with pytest.raises(ValueError, match="directions"):
+        MatchConfig(directions="one")
+    with pytest.raises(ValueError, match="directions"):
+        MatchConfig(directions="mutual", sparse=True)
     c = conf("--features", "dense-rootsift")
     assert (c.features, c.search, c.refine, c.image_size) == ("dense-rootsift", False, True, 400)
     assert c.refine_options == RefineConfig()
@@ -180,6 +184,19 @@ def test_matcher_dispatch_matches_direct_calls() -> None:
     got = Matcher(conf).match(a, b)
     assert 0 < len(got["scores"]) < len(coarse["scores"])  # min_ncc / drop_border removed some
     assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+def test_dense_mutual_directions_keep_a_subset_of_ncnets_matches() -> None:
+    """directions='mutual' on the single-configuration dense path: only matches that are each cell's best both
+    ways, a strict subset of NCNet's both-direction matches (same keypoints and scores)."""
+    a, b = textured_pair()
+    b = b[:120, :176]
+    both = Matcher(MatchConfig(image_size=160, consensus=False)).match(a, b)
+    mutual = Matcher(MatchConfig(image_size=160, consensus=False, directions="mutual")).match(a, b)
+    key = lambda m: set(map(tuple, np.c_[m["keypoints0"], m["keypoints1"], m["scores"]].round(6).tolist()))
+    assert 0 < len(mutual["scores"]) < len(both["scores"]) and key(mutual) <= key(both)
+    kb = {tuple(k) for k in np.round(mutual["keypoints1"], 6).tolist()}
+    assert len(kb) == len(mutual["scores"])  # one match per B cell (and per A cell) when mutual
 
 
 def test_plot_matches_options(tmp_path: Path) -> None:
