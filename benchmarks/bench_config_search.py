@@ -45,7 +45,8 @@ from matching.configuration_search import (
     scale_ladder,
     turn_image,
 )
-from matching.learned_features import DIRECTIONS, learned_sides
+from matching.learned_features import DIRECTIONS, learned_sides, match_images_learned, refine_turned
+from matching.match import SEARCH_ANGLES, SEARCH_DIRECTIONS, SEARCH_REFINE, SEARCH_SCALE_LEVELS, affine_refine_options
 from matching.model import build_ncnet
 from matching.preprocess import image_to_tensor, resize_rgb, resized_shape
 from matching.refine import RefineConfig
@@ -55,7 +56,6 @@ VIEW_WH = (640, 480)
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.4, 2.0, 2.8, 4.0)
 SCORES = ("strength", "agree2", "agree3", "agree4")
 MIN_NCC = (None, 0.5, 0.7, 0.8, 0.9)
-LOCAL_AFFINE, AFFINE_RESIDUAL = 12, 2.0  # --refine affine / affine-filter: neighbours of the fit, px
 
 
 def view(photo: np.ndarray, zoom: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -161,21 +161,19 @@ def match_quality(m: dict, H: np.ndarray, shape_b: tuple[int, int], top: int = 1
 
 def refine_variants(names: list[str], at_moving_scale: bool) -> dict[str, RefineConfig]:
     """The NCC refinements compared by ``--matches`` (``--refine``): 'plain' (axis-aligned patches),
-    'affine' (patches warped by the affine fit of LOCAL_AFFINE neighbouring matches), 'affine-filter' (and
-    matches farther than AFFINE_RESIDUAL px from that fit dropped)."""
+    'affine' (patches warped by the affine fit of ``SEARCH_REFINE.local_affine`` neighbouring matches),
+    'affine-filter' (and matches farther than ``SEARCH_REFINE.max_affine_residual`` px from that fit dropped:
+    ``python -m matching.match``'s refinement with the search)."""
     table = {"plain": RefineConfig(at_moving_scale=at_moving_scale),
-             "affine": RefineConfig(at_moving_scale=at_moving_scale, local_affine=LOCAL_AFFINE),
-             "affine-filter": RefineConfig(at_moving_scale=at_moving_scale, local_affine=LOCAL_AFFINE,
-                                           max_affine_residual=AFFINE_RESIDUAL)}
+             "affine": affine_refine_options(SEARCH_REFINE.local_affine, None, at_moving_scale=at_moving_scale),
+             "affine-filter": affine_refine_options(SEARCH_REFINE.local_affine, SEARCH_REFINE.max_affine_residual,
+                                                    at_moving_scale=at_moving_scale)}
     return {n: table[n] for n in names}
 
 
 def matches_benchmark(args: argparse.Namespace, files: list[str]) -> int:
     """The ``--matches`` mode (module docstring): each model's search and matching once per pair, then each
     refinement of ``--refine`` applied to the same coarse matches."""
-    from matching.learned_features import match_images_learned, refine_turned
-    from matching.match import SEARCH_ANGLES, SEARCH_DIRECTIONS, SEARCH_SCALE_LEVELS
-
     search = {"angles": SEARCH_ANGLES, "scales": scale_ladder(args.scale_levels or SEARCH_SCALE_LEVELS),
               "select": "agreement", "ncc": None, "directions": args.directions or SEARCH_DIRECTIONS}
     variants = refine_variants(args.refine, args.at_moving_scale)

@@ -36,9 +36,8 @@ sys.path.insert(0, str(ROOT))
 from localize.core.records import load_rgb
 from matching.configuration_search import scale_ladder
 from matching.learned_features import DIRECTIONS, PACKAGED_LEARNED_WEIGHTS, SELECT_CRITERIA, match_images_learned
-from matching.match import SEARCH_DIRECTIONS, SEARCH_REFINE, SEARCH_SCALE_LEVELS, match_images
+from matching.match import SEARCH_DIRECTIONS, SEARCH_REFINE, SEARCH_SCALE_LEVELS, affine_refine_options, match_images
 from matching.model import build_ncnet
-from matching.refine import RefineConfig
 
 OXFORD = ROOT.parent / "shared" / "data" / "oxford_affine_7seq"
 PIXEL_THRESHOLDS = tuple(range(1, 11))
@@ -184,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="learned: matches kept after extraction (default: python -m matching.match's)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    ncc = RefineConfig(at_moving_scale=args.ncc_at_moving_scale, local_affine=args.local_affine,
-                       max_affine_residual=(args.max_affine_residual or None) if args.local_affine else None)
+    ncc = affine_refine_options(args.local_affine, args.max_affine_residual, at_moving_scale=args.ncc_at_moving_scale)
     search = {"angles": tuple(360.0 * i / args.angles for i in range(args.angles)),
               "scales": scale_ladder(args.scale_levels), "select": args.select, "ncc": ncc if args.ncc else None,
               "directions": args.directions}

@@ -340,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def affine_refine_options(local_affine: int, max_affine_residual: float | None, **options) -> RefineConfig:
+    """``RefineConfig`` of the command-line pair --local-affine N (0: upright patches) / --max-affine-residual PX
+    (0 or None: keep all; ignored without affine patches), other ``RefineConfig`` fields from ``options``."""
+    return RefineConfig(local_affine=local_affine,
+                        max_affine_residual=(max_affine_residual or None) if local_affine else None, **options)
+
+
 def conf_from_args(args: argparse.Namespace) -> MatchConfig:
     """``MatchConfig`` of parsed ``build_parser`` options: without --weights and --features the learned features,
     searched (``--search auto``) and refined (``SEARCH_REFINE``); with --weights the checkpoint's features."""
@@ -349,7 +356,7 @@ def conf_from_args(args: argparse.Namespace) -> MatchConfig:
     size = args.image_size or (SEARCH_IMAGE_SIZE if search else DEFAULT_IMAGE_SIZE)
     local_affine = (SEARCH_REFINE.local_affine if search else 0) if args.local_affine is None else args.local_affine
     residual = SEARCH_REFINE.max_affine_residual if args.max_affine_residual is None else args.max_affine_residual
-    refine_options = RefineConfig(local_affine=local_affine, max_affine_residual=(residual or None) if local_affine else None)
+    refine_options = affine_refine_options(local_affine, residual)
     return from_dict(MatchConfig, {
         "weights": args.weights, "features": features, "backbone_weights": args.backbone_weights,
         "image_size": size, "relocalize": args.relocalize, "reloc_mode": args.reloc_mode,
@@ -379,7 +386,7 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_FEATURE_CACHE_MB", "DEFAULT_IMAGE_SIZE", "SEARCH_REFINE", "MatchConfig", "Matcher", "build_parser", "cli",
+__all__ = ["DEFAULT_FEATURE_CACHE_MB", "DEFAULT_IMAGE_SIZE", "SEARCH_REFINE", "MatchConfig", "affine_refine_options", "Matcher", "build_parser", "cli",
            "conf_from_args", "image_features", "main", "match_agreement", "match_dense_head", "match_images", "read_matches_h5",
            "write_matches_h5"]
 
